@@ -1,0 +1,97 @@
+"""Crash-safe file writing: everything goes to a temporary name, then is renamed.
+
+A rename within one folder is atomic on POSIX and Windows, so a reader (or the
+next run) sees either the old complete file or the new complete file, never half.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import UserError
+
+TMP_SUFFIX = ".tmp"
+
+
+def tmp_path(path: Path) -> Path:
+    return path.with_name(path.name + TMP_SUFFIX)
+
+
+def fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover - Windows cannot open folders
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def commit(tmp: Path, final: Path) -> None:
+    """Rename a finished temporary file onto its final name, durably."""
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+
+
+@contextmanager
+def atomic_open(path: Path, mode: str = "w", **kwargs: Any) -> Iterator[Any]:
+    """open() that writes `path.tmp` and renames it onto `path` only on success."""
+    tmp = tmp_path(path)
+    try:
+        with open(tmp, mode, **kwargs) as f:
+            yield f
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    commit(tmp, path)
+
+
+def write_json(path: Path, data: Any) -> None:
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+
+
+def read_json(path: Path, what: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"{what} not found: {path}") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {what} {path}: {e}") from None
+
+
+def prepare_output_dir(out: Path, owned: tuple[str, ...], manifest_name: str = "manifest.json") -> None:
+    """Make `out` ready for a fresh run of a stage.
+
+    `owned` are glob patterns of the files this stage writes. A folder holding
+    anything else is refused (we never delete what we did not write). Our own
+    leftovers, complete or from a killed run, are removed, the manifest first,
+    so an interrupted re-run can never pass for a complete output.
+    """
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output path {out} is a file; give a folder with --out")
+    out.mkdir(parents=True, exist_ok=True)
+    ours: list[Path] = []
+    for entry in out.iterdir():
+        name = entry.name.removesuffix(TMP_SUFFIX)
+        if entry.is_file() and any(Path(name).match(p) for p in owned):
+            ours.append(entry)
+        else:
+            raise UserError(
+                f"output folder {out} holds {entry.name!r}, which shardtune did not write; "
+                "choose an empty or new folder with --out"
+            )
+    ours.sort(key=lambda p: p.name != manifest_name)  # manifest goes first
+    for entry in ours:
+        entry.unlink()
+    if ours:
+        fsync_dir(out)

@@ -1,0 +1,70 @@
+"""The manifests that sit beside each stage's output: the one place their formats live.
+
+A manifest is written last, atomically; its presence means the folder is complete.
+Downstream stages read it instead of asking the user to repeat flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import UserError
+from .files import read_json, write_json
+
+MANIFEST = "manifest.json"
+ETL_FORMAT = "shardtune.etl/1"
+
+
+@dataclass
+class InputFile:
+    path: str
+    bytes: int
+    lines_read: int = 0
+    records_kept: int = 0
+    malformed: int = 0
+
+
+@dataclass
+class Shard:
+    file: str
+    rows: int
+    bytes: int
+
+
+@dataclass
+class EtlManifest:
+    """What `shardtune etl` produced. Every input line lands in exactly one count:
+    lines_read == records_kept + sum(dropped.values()) + malformed."""
+
+    inputs: list[InputFile]
+    lines_read: int
+    records_kept: int
+    dropped: dict[str, int]
+    malformed: int
+    malformed_reasons: dict[str, int]
+    shards: list[Shard]
+    options: dict[str, Any]
+    duration_s: float
+    columns: list[str] = field(default_factory=lambda: ["uid", "title", "content"])
+    format: str = ETL_FORMAT
+    shardtune_version: str = __version__
+
+    def balanced(self) -> bool:
+        return self.lines_read == self.records_kept + sum(self.dropped.values()) + self.malformed
+
+    def write(self, folder: Path) -> None:
+        write_json(folder / MANIFEST, dataclasses.asdict(self))
+
+    @classmethod
+    def read(cls, folder: Path) -> "EtlManifest":
+        data = read_json(folder / MANIFEST, "ETL manifest")
+        if not isinstance(data, dict) or data.get("format") != ETL_FORMAT:
+            raise UserError(f"{folder / MANIFEST} is not a shardtune ETL manifest; run `shardtune etl` to make one")
+        data["inputs"] = [InputFile(**i) for i in data["inputs"]]
+        data["shards"] = [Shard(**s) for s in data["shards"]]
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})

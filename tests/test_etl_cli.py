@@ -1,0 +1,106 @@
+"""The `shardtune etl` and `synth` commands as a user meets them: exit codes, one-line errors, kill and re-run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import rec, write_lines
+from shardtune.cli import main
+from shardtune.etl.synth import synth_lines, write_synth
+
+
+def shardtune(*args, **kw):
+    env = dict(os.environ, SHARDTUNE_PLAIN_LOGS="1")
+    return subprocess.run([sys.executable, "-m", "shardtune.cli", *map(str, args)], capture_output=True, text=True,
+                          env=env, **kw)
+
+
+def test_help_explains_every_command():
+    for args in ([], ["etl"], ["synth"], ["bench", "etl"]):
+        result = shardtune(*args, "--help")
+        assert result.returncode == 0 and "usage: shardtune" in result.stdout
+    assert "--min-content-chars" in shardtune("etl", "--help").stdout
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda d: [str(d / "missing.json")], "input file not found"),
+    (lambda d: [str(d)], "is a folder"),
+])
+def test_bad_input_paths_end_in_one_line_and_exit_2(tmp_path, setup, message):
+    result = shardtune("etl", *setup(tmp_path), "--out", tmp_path / "out")
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_an_output_folder_holding_other_files_is_refused(tmp_path):
+    src = write_lines(tmp_path / "trn.json", [rec()])
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    result = shardtune("etl", src, "--out", tmp_path / "out")
+    assert result.returncode == 2 and "notes.txt" in result.stderr and "Traceback" not in result.stderr
+    assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
+
+
+def test_config_file_with_flag_override(tmp_path, capsys):
+    src = write_lines(tmp_path / "trn.json", [rec(content="Ten chars!"), rec(uid="2", content="Exactly fifteen")])
+    cfg = tmp_path / "shardtune.toml"
+    cfg.write_text("[etl]\nmin_content_chars = 12\nshard_rows = 7\n")
+    assert main(["etl", str(src), "--out", str(tmp_path / "a"), "--config", str(cfg)]) == 0
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert manifest["records_kept"] == 1 and manifest["options"]["shard_rows"] == 7
+    assert main(["etl", str(src), "--out", str(tmp_path / "b"), "--config", str(cfg), "--min-content-chars", "5"]) == 0
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["records_kept"] == 2
+    cfg.write_text("[etl]\nmin_chars = 3\n")
+    assert main(["etl", str(src), "--out", str(tmp_path / "c"), "--config", str(cfg)]) == 2
+    assert "unknown key 'min_chars'" in capsys.readouterr().err
+
+
+def test_a_killed_run_is_detected_and_replaced_by_the_next(tmp_path):
+    src = tmp_path / "trn.json"
+    write_synth(src, 60_000, seed=5)
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "shardtune.cli", "etl", str(src), "--out", str(out), "--batch-lines", "2000",
+            "--shard-rows", "2000"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while not list(out.glob("part-00001.parquet")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    if not (out / "manifest.json").exists():  # killed mid-run: incomplete, and visibly so
+        assert list(out.glob("part-*.parquet"))
+    assert shardtune("etl", src, "--out", out, "--shard-rows", 2000).returncode == 0
+    clean = tmp_path / "clean"
+    assert shardtune("etl", src, "--out", clean, "--shard-rows", 2000).returncode == 0
+    names = sorted(p.name for p in clean.iterdir())
+    assert sorted(p.name for p in out.iterdir()) == names
+    for name in names:
+        if name.endswith(".parquet"):
+            assert (out / name).read_bytes() == (clean / name).read_bytes()
+
+
+def test_synth_is_deterministic_and_carries_the_catalogue_quirks(tmp_path):
+    lines = list(synth_lines(3000, seed=7))
+    assert lines == list(synth_lines(3000, seed=7)) and lines != list(synth_lines(3000, seed=8))
+    records = [json.loads(line) for line in lines]
+    contents = [r["content"] for r in records]
+    assert {"uid", "title", "content", "target_ind", "target_rel"} <= set(records[0])
+    assert 0.35 < sum(len(c) < 100 for c in contents) / len(contents) < 0.55
+    assert any("&#8217;" in c or "&#x2019;" in c for c in contents) and any("<br>" in c for c in contents)
+    assert any("This text refers to" in c for c in contents) and any(r["title"] == r["content"] for r in records)
+    assert any(ord(ch) > 127 for c in contents for ch in c)
+    assert 600 < sum(len(line) for line in lines) / len(lines) < 1100  # the real file: ~840 bytes a line
+
+
+def test_synth_command_writes_malformed_lines_on_request(tmp_path):
+    result = shardtune("synth", tmp_path / "s.json.gz", "--lines", 2000, "--malformed-rate", 0.05)
+    assert result.returncode == 0, result.stderr
+    out = shardtune("etl", tmp_path / "s.json.gz", "--out", tmp_path / "out")
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert 40 < manifest["malformed"] < 160 and manifest["lines_read"] == 2000, out.stderr

@@ -1,0 +1,150 @@
+"""`run_etl` end to end on tiny inline files: drop reasons, bad input, formats, accounting."""
+
+import gzip
+import json
+
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import rec, write_lines
+from shardtune.etl.pipeline import EtlConfig, run_etl
+from shardtune.manifest import EtlManifest
+
+
+def rows(out):
+    return pl.read_parquet(out / "part-*.parquet").to_dicts()
+
+
+def rejects(out):
+    return [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+
+
+def test_kept_records_are_cleaned_and_sharded(tmp_path):
+    src = write_lines(tmp_path / "trn.json", [rec(uid=f"B{i}", title=f"Tutu &quot;{i}&quot;") for i in range(5)])
+    m = run_etl([src], tmp_path / "out", EtlConfig(shard_rows=2))
+    assert [s.rows for s in m.shards] == [2, 2, 1]
+    assert [s.file for s in m.shards] == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    assert pq.read_schema(tmp_path / "out" / "part-00000.parquet").names == ["uid", "title", "content"]
+    assert rows(tmp_path / "out")[0] == {"uid": "B0", "title": 'Tutu "0"',
+                                         "content": "High quality 3 layer ballet tutu, 12 inches long."}
+    assert m.lines_read == m.records_kept == 5 and m.balanced()
+    assert EtlManifest.read(tmp_path / "out") == m
+
+
+def test_each_drop_reason_is_counted(tmp_path):
+    src = write_lines(tmp_path / "trn.json", [
+        rec(uid="keep"),
+        rec(uid="t", title="  <br> "),  # empty title after cleaning
+        rec(uid="c", content=""),
+        rec(uid="c2", content="&#160; <p></p>"),  # empty after cleaning
+        rec(uid="s", content="TUtu"),
+        rec(uid="e", title="Worship with Don Moen [VHS]", content="Worship with  Don Moen [VHS]"),
+        rec(uid="dup"),  # same (title, content) as "keep"
+    ])
+    m = run_etl([src], tmp_path / "out", EtlConfig())
+    assert m.dropped == {"empty_title": 1, "empty_content": 2, "short_content": 1, "content_equals_title": 1,
+                         "duplicate": 1}
+    assert [r["uid"] for r in rows(tmp_path / "out")] == ["keep"]
+    assert m.balanced()
+
+
+def test_duplicates_are_found_across_batches_and_dropped_rows_can_be_kept(tmp_path):
+    src = write_lines(tmp_path / "trn.json", [rec(uid="a"), rec(uid="b", content="Other text that is long enough."),
+                                              rec(uid="c"), rec(uid="d", content="x")])
+    m = run_etl([src], tmp_path / "out", EtlConfig(batch_lines=1, keep_dropped=True))
+    assert m.dropped["duplicate"] == 1 and m.records_kept == 2
+    dropped = pl.read_parquet(tmp_path / "out" / "dropped.parquet")
+    assert dropped.select("uid", "reason").rows() == [("c", "duplicate"), ("d", "short_content")]
+
+
+def test_min_content_chars_option(tmp_path):
+    src = write_lines(tmp_path / "trn.json", [rec(content="Short one.")])
+    assert run_etl([src], tmp_path / "a", EtlConfig()).dropped["short_content"] == 1
+    assert run_etl([src], tmp_path / "b", EtlConfig(min_content_chars=5)).records_kept == 1
+
+
+BAD_LINES = [
+    (b'{"uid": "x1", "title": "Cut off', "invalid_json"),
+    (b"ERROR 503 Service Unavailable", "invalid_json"),
+    (b'{"uid": "x2", "title": "Bad \xff\xfe bytes", "content": "Some long enough content here."}', "invalid_utf8"),
+    (b'{"uid": "x3", "title": null, "content": "Some long enough content here."}', "wrong_type"),
+    (b'{"uid": "x4", "title": 12345, "content": 6.5}', "wrong_type"),
+    (b'{"uid": "x5", "title": "No content field"}', "missing_field"),
+    (b"", "blank_line"),
+    (b"   \r", "blank_line"),
+    (b"[1, 2, 3]", "wrong_type"),
+]
+
+
+@pytest.mark.parametrize("bad, kind", BAD_LINES)
+def test_a_bad_line_is_quarantined_and_loses_no_good_record(tmp_path, bad, kind):
+    src = write_lines(tmp_path / "trn.json", [rec(uid="before"), bad, rec(uid="after", content="Another good one here.")])
+    m = run_etl([src], tmp_path / "out", EtlConfig())
+    assert [r["uid"] for r in rows(tmp_path / "out")] == ["before", "after"]
+    assert m.malformed == 1 and m.malformed_reasons == {kind: 1} and m.balanced()
+    (reject,) = rejects(tmp_path / "out")
+    assert reject["line"] == 2 and reject["kind"] == kind and reject["file"] == str(src)
+
+
+def test_a_10_mb_line_is_quarantined_without_holding_it(tmp_path):
+    huge = rec(uid="huge", content="x" * 10_000_000)
+    src = write_lines(tmp_path / "trn.json", [rec(uid="a"), huge, rec(uid="b", content="Another good one here.")])
+    m = run_etl([src], tmp_path / "out", EtlConfig())
+    assert [r["uid"] for r in rows(tmp_path / "out")] == ["a", "b"]
+    (reject,) = rejects(tmp_path / "out")
+    assert reject["kind"] == "line_too_long" and reject["line"] == 2 and len(reject["raw"]) <= 1024
+    # A user who wants such lines can raise the limit.
+    m = run_etl([src], tmp_path / "out2", EtlConfig(max_line_bytes=20_000_000))
+    assert m.records_kept == 3 and m.malformed == 0
+
+
+def test_gzip_input_and_several_inputs(tmp_path):
+    plain = write_lines(tmp_path / "a.json", [rec(uid="a")])
+    packed = tmp_path / "b.json.gz"
+    packed.write_bytes(gzip.compress(write_lines(tmp_path / "b.json", [rec(uid="b", content="A different text here.")]).read_bytes()))
+    m = run_etl([plain, packed], tmp_path / "out", EtlConfig())
+    assert [r["uid"] for r in rows(tmp_path / "out")] == ["a", "b"]
+    assert [(i.path, i.lines_read, i.records_kept) for i in m.inputs] == [(str(plain), 1, 1), (str(packed), 1, 1)]
+
+
+def test_truncated_gzip_keeps_what_came_before(tmp_path):
+    data = write_lines(tmp_path / "a.json", [rec(uid=f"u{i}", content=f"Content number {i} is long enough.") for i in range(2000)])
+    packed = gzip.compress(data.read_bytes())
+    (tmp_path / "cut.json.gz").write_bytes(packed[: len(packed) // 2])
+    m = run_etl([tmp_path / "cut.json.gz"], tmp_path / "out", EtlConfig())
+    assert m.records_kept > 0 and m.malformed_reasons.get("broken_stream") == 1 and m.balanced()
+
+
+def test_json_array_input_is_streamed(tmp_path):
+    src = tmp_path / "trn_array.json"
+    src.write_text(json.dumps([rec(uid="a"), {"uid": "b", "title": None}, rec(uid="c", content="Another good one here.")],
+                              indent=1))
+    m = run_etl([src], tmp_path / "out", EtlConfig())
+    assert [r["uid"] for r in rows(tmp_path / "out")] == ["a", "c"]
+    assert m.lines_read == 3 and m.malformed_reasons == {"wrong_type": 1}
+    assert rejects(tmp_path / "out")[0]["line"] == 2
+
+
+def test_a_broken_json_array_keeps_the_elements_before_the_break(tmp_path):
+    src = tmp_path / "trn_array.json"
+    text = json.dumps([rec(uid="a"), rec(uid="b", content="Another good one here.")])
+    src.write_text(text[:-30])
+    m = run_etl([src], tmp_path / "out", EtlConfig())
+    assert [r["uid"] for r in rows(tmp_path / "out")] == ["a"]
+    assert m.malformed_reasons == {"broken_stream": 1} and m.balanced()
+
+
+def test_reruns_are_deterministic_and_replace_the_old_output(tmp_path):
+    from shardtune.etl.synth import write_synth
+
+    src = tmp_path / "trn.json"
+    write_synth(src, 3000, seed=3, malformed_rate=0.01)
+    first = run_etl([src], tmp_path / "out", EtlConfig(shard_rows=500))
+    digest = {p.name: p.read_bytes() for p in (tmp_path / "out").glob("part-*.parquet")}
+    second = run_etl([src], tmp_path / "out", EtlConfig(shard_rows=500))
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").glob("part-*.parquet")} == digest
+    assert first.shards == second.shards and first.dropped == second.dropped and second.balanced()
+    # Fewer shards on a re-run with other options: the old extra shards are gone.
+    run_etl([src], tmp_path / "out", EtlConfig(shard_rows=100_000))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["manifest.json", "part-00000.parquet", "rejects.jsonl"]
