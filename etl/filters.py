@@ -52,7 +52,7 @@ class ContentEqualsTitle(Filter):
         title, content = df["title"], df["content"]
         same_length = title.str.len_bytes() == content.str.len_bytes()  # cheap pre-check
         idx = same_length.arg_true()
-        hit = pl.Series(self.reason, [False] * df.height)
+        hit = pl.Series(self.reason, [False] * df.height, dtype=pl.Boolean)
         if idx.len():
             equal = content.gather(idx).str.to_lowercase() == title.gather(idx).str.to_lowercase()
             hit = hit.scatter(idx.filter(equal), True)
@@ -86,7 +86,11 @@ class ExactDuplicate(Filter):
     def remember(self, keep: np.ndarray) -> None:
         """Called with the mask of the last batch's rows that survived every filter."""
         if keep.any():
-            self.seen = np.union1d(self.seen, self._batch[keep])
+            # Both parts are sorted, so the stable sort (timsort) is a linear merge;
+            # np.union1d would re-sort everything on every batch.
+            merged = np.concatenate([self.seen, np.sort(self._batch[keep])])
+            merged.sort(kind="stable")
+            self.seen = merged
 
 
 def default_filters(min_content_chars: int) -> list[Filter]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ from .shards import OWNED_FILES, SCHEMA, ShardWriter
 class EtlConfig:
     min_content_chars: int = 20  # shorter cleaned content is dropped as "short_content"
     shard_rows: int = 100_000  # rows per Parquet shard
-    batch_lines: int = 50_000  # lines decoded and cleaned at a time: bounds memory
+    batch_lines: int = 40_000  # lines decoded and cleaned at a time: bounds memory
     max_line_bytes: int = 1 << 20  # longer lines are quarantined without being held whole
     keep_dropped: bool = False  # also write dropped.parquet (records filtered out, with reason)
 
@@ -72,11 +73,12 @@ def run_etl(inputs: list[Path], out: Path, config: EtlConfig | None = None) -> E
     started = time.perf_counter()
     stage = _Stage(out, config)
     total_bytes, done_bytes = sum(r.size for r in readers), 0
-    # Decoding is Python (one core); cleaning and Parquet writing are Polars/Arrow
-    # and release the GIL. One worker thread cleans batch N while this thread
-    # decodes batch N+1: at most two batches in memory, output order unchanged.
-    pool = ThreadPoolExecutor(max_workers=1)
-    pending: Future | None = None
+    # Decoding is Python and holds the GIL; cleaning is mostly Polars, which
+    # releases it. Two worker threads clean the next batches while this thread
+    # decodes; filtering (stateful: duplicates) and writing then happen here, in
+    # input order, so output is deterministic. At most IN_FLIGHT batches in memory.
+    pool = ThreadPoolExecutor(max_workers=2)
+    in_flight: deque[tuple[InputFile, Future]] = deque()
     try:
         with atomic_open(out / "rejects.jsonl", "w", encoding="utf-8") as rejects, \
                 meter("etl", total_bytes, "bytes", ("lines",)) as progress:
@@ -86,15 +88,15 @@ def run_etl(inputs: list[Path], out: Path, config: EtlConfig | None = None) -> E
                 try:
                     for batch in reader.batches():
                         stage.quarantine(info, batch, rejects)
-                        if pending is not None:
-                            stage.tally(*pending.result())
-                        pending = pool.submit(stage.process, info, batch)
+                        in_flight.append((info, pool.submit(_clean_batch, batch)))
+                        while len(in_flight) > IN_FLIGHT:
+                            stage.keep(*_pop(in_flight))
                         progress.update(done_bytes + batch.position, lines=stage.lines)
                 finally:
                     reader.close()
                 done_bytes += reader.size
-            if pending is not None:
-                stage.tally(*pending.result())
+            while in_flight:
+                stage.keep(*_pop(in_flight))
         shards = stage.close()
     except BaseException:
         stage.abort()
@@ -109,6 +111,19 @@ def run_etl(inputs: list[Path], out: Path, config: EtlConfig | None = None) -> E
     manifest.write(out)
     log(f"etl: {progress.summary()}")
     return manifest
+
+
+IN_FLIGHT = 2  # batches being cleaned while the next one is decoded
+
+
+def _clean_batch(batch: Batch) -> pl.DataFrame:
+    df = pl.DataFrame(batch.columns(), schema={"uid": pl.String, "title": pl.String, "content": pl.String})
+    return clean_frame(df) if df.height else df
+
+
+def _pop(in_flight: deque) -> tuple[InputFile, pl.DataFrame]:
+    info, future = in_flight.popleft()
+    return info, future.result()
 
 
 class _Stage:
@@ -134,20 +149,16 @@ class _Stage:
         self.lines += batch.lines
         self.malformed += len(batch.malformed)
 
-    def process(self, info: InputFile, batch: Batch) -> tuple[InputFile, int, dict[str, int]]:
-        """Clean, filter and write one batch (runs on the worker thread)."""
-        if not batch.records:
-            return info, 0, {}
-        df = pl.DataFrame(batch.columns(), schema={"uid": pl.String, "title": pl.String, "content": pl.String})
-        kept, counts, dropped = apply_filters(clean_frame(df), self.filters)
+    def keep(self, info: InputFile, cleaned: pl.DataFrame) -> None:
+        """Filter one cleaned batch, write what is kept and count the rest."""
+        if cleaned.height == 0:
+            return
+        kept, counts, dropped = apply_filters(cleaned, self.filters)
         self.writer.write(kept.to_arrow())
         if self.dropped_writer:
             self.dropped_writer.write(dropped)
-        return info, kept.height, counts
-
-    def tally(self, info: InputFile, kept: int, counts: dict[str, int]) -> None:
-        info.records_kept += kept
-        self.kept += kept
+        info.records_kept += kept.height
+        self.kept += kept.height
         for reason, n in counts.items():
             self.dropped[reason] += n
 

@@ -3,7 +3,7 @@
 Polars, pandas and ijson all abort a whole file at its first bad line. Here each
 line is decoded on its own (msgspec, against the record schema), so a bad line
 costs only itself: it comes back as a `Malformed` with its line number and raw
-bytes, and reading goes on. Memory is bounded by the batch and by
+bytes, and reading goes on. Memory is bounded by the batch, the read chunk and
 `max_line_bytes`: a longer line is skipped while streaming, never held whole.
 """
 
@@ -21,9 +21,10 @@ import msgspec
 from shardtune.errors import UserError
 
 REJECT_BYTES = 1024  # raw text kept per malformed line
+CHUNK_BYTES = 4 << 20  # bytes read at a time
 
 
-class Record(msgspec.Struct):
+class Record(msgspec.Struct, gc=False):  # gc=False: millions of them, no cycles possible
     """The fields shardtune uses; label arrays and other keys are skipped unparsed."""
 
     uid: str
@@ -107,37 +108,61 @@ class InputReader:
 
     def _line_batches(self) -> Iterator[Batch]:
         decode = msgspec.json.Decoder(Record).decode
-        readline, limit = self.stream.readline, self.max_line_bytes
-        batch, lineno = Batch(), 0
-        keep = batch.records.append
+        limit = self.max_line_bytes
+        batch, lineno, tail = Batch(), 0, b""
+        too_long: bytes | None = None  # head of an over-long line whose rest is being skipped
         while True:
             try:
-                line = readline(limit + 1)
+                # read1: one underlying read, so a corrupt gzip loses no line decoded before it
+                chunk = self.stream.read1(CHUNK_BYTES)
             except (OSError, EOFError, zlib.error) as e:  # truncated or corrupt gzip
                 lineno += 1
                 batch.lines += 1
                 batch.malformed.append(Malformed(lineno, "broken_stream", f"compressed stream broken off: {e}", b""))
+                tail, too_long = b"", None
                 break
-            if not line:
+            if not chunk:
                 break
+            if too_long is not None:
+                end = chunk.find(b"\n")
+                if end < 0:
+                    continue
+                lineno += 1
+                batch.lines += 1
+                batch.malformed.append(Malformed(lineno, "line_too_long", f"line longer than {limit} bytes", too_long))
+                too_long, chunk = None, chunk[end + 1:]
+            lines = (tail + chunk).split(b"\n") if tail else chunk.split(b"\n")
+            tail = lines.pop()
+            if len(tail) > limit:
+                too_long, tail = tail[:REJECT_BYTES], b""
+            keep = batch.records.append
+            for line in lines:
+                lineno += 1
+                batch.lines += 1
+                if len(line) > limit:
+                    batch.malformed.append(Malformed(lineno, "line_too_long", f"line longer than {limit} bytes",
+                                                     line[:REJECT_BYTES]))
+                else:
+                    try:
+                        keep(decode(line))
+                    except (msgspec.DecodeError, UnicodeDecodeError) as e:
+                        kind, detail = _classify(e, line)
+                        batch.malformed.append(Malformed(lineno, kind, detail, line[:REJECT_BYTES].rstrip(b"\r")))
+                if batch.lines >= self.batch_lines:
+                    batch.position = self.raw.tell()
+                    yield batch
+                    batch = Batch()
+                    keep = batch.records.append
+        if too_long is not None or tail:  # a last line without a newline
             lineno += 1
             batch.lines += 1
-            if len(line) > limit and not line.endswith(b"\n"):
-                head = line[:REJECT_BYTES]
-                while line and not line.endswith(b"\n"):  # skip the rest without holding it
-                    line = readline(1 << 20)
-                batch.malformed.append(Malformed(lineno, "line_too_long", f"line longer than {limit} bytes", head))
+            if too_long is not None:
+                batch.malformed.append(Malformed(lineno, "line_too_long", f"line longer than {limit} bytes", too_long))
             else:
                 try:
-                    keep(decode(line))
+                    batch.records.append(decode(tail))
                 except (msgspec.DecodeError, UnicodeDecodeError) as e:
-                    kind, detail = _classify(e, line)
-                    batch.malformed.append(Malformed(lineno, kind, detail, line[:REJECT_BYTES].rstrip(b"\r\n")))
-            if batch.lines >= self.batch_lines:
-                batch.position = self.raw.tell()
-                yield batch
-                batch = Batch()
-                keep = batch.records.append
+                    batch.malformed.append(Malformed(lineno, *_classify(e, tail), tail[:REJECT_BYTES]))
         batch.position = self.size
         yield batch
 
