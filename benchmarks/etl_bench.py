@@ -21,15 +21,21 @@ def machine() -> str:
     return f"{platform.machine()}, {psutil.cpu_count(logical=True)} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, Python {platform.python_version()}"
 
 
-def bench_etl(lines: int, input_file: Path | None, workdir: Path, malformed_rate: float) -> int:
+def synth_input(workdir: Path, lines: int, malformed_rate: float) -> Path:
+    """Generated benchmark input; deterministic by seed, so an earlier file is reused."""
     from shardtune.etl.synth import write_synth
 
+    path = workdir / f"synth-{lines}-{malformed_rate}.json"
+    if not path.exists():
+        log(f"bench: generating {lines:,} lines -> {path}")
+        write_synth(path, lines, seed=0, malformed_rate=malformed_rate)
+    return path
+
+
+def bench_etl(lines: int, input_file: Path | None, workdir: Path, malformed_rate: float) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     if input_file is None:
-        input_file = workdir / f"synth-{lines}-{malformed_rate}.json"
-        if not input_file.exists():  # deterministic by seed, so a previous file can be reused
-            log(f"bench etl: generating {lines:,} lines -> {input_file}")
-            write_synth(input_file, lines, seed=0, malformed_rate=malformed_rate)
+        input_file = synth_input(workdir, lines, malformed_rate)
     elif not input_file.is_file():
         raise UserError(f"input file not found: {input_file}")
     size = input_file.stat().st_size

@@ -49,6 +49,24 @@ def cmd_etl(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tokenize(args: argparse.Namespace) -> int:
+    from .config import build
+    from .train.tokenize import TokenizeConfig, run_tokenize
+
+    if args.template_file is not None:
+        try:
+            args.template = args.template_file.read_text(encoding="utf-8")
+        except OSError as e:
+            raise UserError(f"cannot read --template-file {args.template_file}: {e.strerror or e}") from None
+    config = build(TokenizeConfig, "tokenize", args.config, **vars(args))
+    m = run_tokenize(args.parquet_dir, args.out, config)
+    tr, va = m.splits["train"], m.splits["val"]
+    print(f"{tr.examples:,} train / {va.examples:,} val examples, {tr.tokens + va.tokens:,} tokens "
+          f"({m.dtype}, {m.tokenizer_backend}); truncated {tr.truncated + va.truncated:,}, "
+          f"dropped {m.dropped_prompt_too_long:,} -> {args.out}")
+    return 0
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from .etl.synth import write_synth
 
@@ -63,6 +81,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.stage == "tokenize":
+        from .benchmarks.tokenize_bench import bench_tokenize
+
+        return bench_tokenize(args.lines, args.workdir)
     from .benchmarks.etl_bench import bench_etl
 
     return bench_etl(args.lines, args.input, args.workdir, args.malformed_rate)
@@ -70,6 +92,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .etl.pipeline import EtlConfig
+    from .train.tokenize import TokenizeConfig
 
     parser = argparse.ArgumentParser(prog="shardtune", description="Fine-tune a causal LM on a big, messy product "
                                      "catalogue on a 6-12 GB GPU: streaming ETL, pre-tokenized shards, a lean "
@@ -93,6 +116,27 @@ def build_parser() -> argparse.ArgumentParser:
     })
     p.set_defaults(func=cmd_etl)
 
+    p = sub.add_parser("tokenize", help="pre-tokenize cleaned Parquet into memory-mapped token shards",
+                       description="Turn an etl output folder into Arrow token shards (train/ and val/, split by a "
+                       "stable hash of the title) that training memory-maps. Each example is the prompt template "
+                       "filled with the title, then the content and EOS. Skips the work when the output is "
+                       "already up to date.")
+    p.add_argument("parquet_dir", type=Path, metavar="PARQUET_DIR", help="folder written by `shardtune etl`")
+    p.add_argument("--out", type=Path, required=True, metavar="TOKENS_DIR", help="output folder")
+    p.add_argument("--config", type=Path, metavar="FILE", help="TOML file; its [tokenize] table sets defaults")
+    p.add_argument("--template-file", type=Path, metavar="FILE", help="read the prompt template from this file")
+    add_config_flags(p, TokenizeConfig, {
+        "tokenizer": "Hugging Face tokenizer name or folder",
+        "max_length": "tokens per example (question kept whole, answer truncated)",
+        "val_fraction": "share of products held out for validation",
+        "template": "prompt template with {title}",
+        "batch_examples": "examples encoded at a time",
+        "shard_tokens": "tokens per shard file",
+        "fast": "use tiktoken for GPT-2's BPE when identical to Hugging Face",
+        "force": "redo even when the output is up to date",
+    })
+    p.set_defaults(func=cmd_tokenize)
+
     p = sub.add_parser("synth", help="generate trn.json-like test data",
                        description="Write N lines shaped like the AmazonTitles trn.json (quirks included), "
                        "deterministic by --seed; gzip-compressed when OUT ends in .gz.")
@@ -115,6 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--input", type=Path, help="benchmark on this file instead of generated data")
     b.add_argument("--malformed-rate", type=float, default=0.001, metavar="P", help="(default: 0.001)")
     b.add_argument("--workdir", type=Path, default=Path("runs/bench-etl"), help="scratch folder (default: runs/bench-etl)")
+    b.set_defaults(func=cmd_bench)
+    b = bsub.add_parser("tokenize", help="token shards vs the seed's padded datasets.map",
+                        description="Generate N lines, clean them, then tokenize the same Parquet with "
+                        "`shardtune tokenize` and with the seed's datasets.map (padding to 256, labels copied, "
+                        "num_proc=1); print examples/s, tokens/s, bytes on disk and peak RSS, and check the ids agree.")
+    b.add_argument("--lines", type=int, default=200_000, metavar="N", help="lines to generate (default: 200000)")
+    b.add_argument("--workdir", type=Path, default=Path("runs/bench-tokenize"),
+                   help="scratch folder (default: runs/bench-tokenize)")
     b.set_defaults(func=cmd_bench)
     return parser
 

@@ -69,27 +69,36 @@ def read_json(path: Path, what: str) -> Any:
         raise UserError(f"cannot read {what} {path}: {e}") from None
 
 
-def prepare_output_dir(out: Path, owned: tuple[str, ...], manifest_name: str = "manifest.json") -> None:
+def prepare_output_dir(out: Path, owned: tuple[str, ...], manifest_name: str = "manifest.json",
+                       subfolders: dict[str, str] | None = None) -> None:
     """Make `out` ready for a fresh run of a stage.
 
-    `owned` are glob patterns of the files this stage writes. A folder holding
-    anything else is refused (we never delete what we did not write). Our own
-    leftovers, complete or from a killed run, are removed, the manifest first,
-    so an interrupted re-run can never pass for a complete output.
+    `owned` are glob patterns of the files this stage writes, `subfolders` maps
+    each folder it writes to the pattern of its files. A folder holding anything
+    else is refused (we never delete what we did not write). Our own leftovers,
+    complete or from a killed run, are removed, the manifest first, so an
+    interrupted re-run can never pass for a complete output.
     """
+    subfolders = subfolders or {}
     if out.exists() and not out.is_dir():
         raise UserError(f"output path {out} is a file; give a folder with --out")
     out.mkdir(parents=True, exist_ok=True)
+
+    def foreign(entry: Path) -> UserError:
+        return UserError(f"output folder {out} holds {entry.relative_to(out)}, which shardtune did not write; "
+                         "choose an empty or new folder with --out")
+
     ours: list[Path] = []
     for entry in out.iterdir():
-        name = entry.name.removesuffix(TMP_SUFFIX)
-        if entry.is_file() and any(Path(name).match(p) for p in owned):
+        if entry.is_dir() and entry.name in subfolders:
+            for inner in entry.iterdir():
+                if not (inner.is_file() and inner.match(subfolders[entry.name] + "*")):
+                    raise foreign(inner)
+                ours.append(inner)
+        elif entry.is_file() and any(Path(entry.name.removesuffix(TMP_SUFFIX)).match(p) for p in owned):
             ours.append(entry)
         else:
-            raise UserError(
-                f"output folder {out} holds {entry.name!r}, which shardtune did not write; "
-                "choose an empty or new folder with --out"
-            )
+            raise foreign(entry)
     ours.sort(key=lambda p: p.name != manifest_name)  # manifest goes first
     for entry in ours:
         entry.unlink()

@@ -68,3 +68,54 @@ class EtlManifest:
         data["shards"] = [Shard(**s) for s in data["shards"]]
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+TOKENS_FORMAT = "shardtune.tokens/1"
+
+
+@dataclass
+class SplitStats:
+    examples: int = 0
+    tokens: int = 0
+    answer_tokens: int = 0
+    truncated: int = 0  # answers cut to fit max_length (these end without EOS)
+    shards: list[dict] = field(default_factory=list)  # {"file", "examples", "tokens", "bytes"}
+
+
+@dataclass
+class TokensManifest:
+    """What `shardtune tokenize` produced; `shardtune train` reads it instead of asking again."""
+
+    source: str  # the ETL folder
+    tokenizer: str  # name or path as given
+    tokenizer_backend: str  # tiktoken or huggingface
+    vocab_size: int
+    eos_id: int
+    dtype: str  # uint16 or uint32
+    template: str
+    template_hash: str
+    max_length: int
+    val_fraction: float
+    splits: dict[str, SplitStats]
+    dropped_prompt_too_long: int
+    length_histogram: dict[str, list[int]]  # {"edges": [...], "counts": [...]} over all examples
+    fingerprint: str  # of the inputs and options: a re-run with the same one has nothing to do
+    options: dict[str, Any]
+    duration_s: float
+    format: str = TOKENS_FORMAT
+    shardtune_version: str = __version__
+
+    def write(self, folder: Path) -> None:
+        write_json(folder / MANIFEST, dataclasses.asdict(self))
+
+    @classmethod
+    def read(cls, folder: Path) -> "TokensManifest":
+        data = read_json(folder / MANIFEST, "token manifest")
+        if not isinstance(data, dict) or data.get("format") != TOKENS_FORMAT:
+            raise UserError(f"{folder / MANIFEST} is not a shardtune token manifest; run `shardtune tokenize` first")
+        data["splits"] = {k: SplitStats(**v) for k, v in data["splits"].items()}
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def shard_paths(self, folder: Path, split: str) -> list[Path]:
+        return [folder / s["file"] for s in self.splits[split].shards]

@@ -24,5 +24,22 @@ def write_lines(path: Path, items: list) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _plain_logs(monkeypatch):
+def _plain_logs_and_no_network(monkeypatch):
     monkeypatch.setenv("SHARDTUNE_PLAIN_LOGS", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no test may need the network
+
+
+@pytest.fixture(scope="session")
+def gpt2_tokenizer():
+    from shardtune.train.tokenizer import load_tokenizer
+
+    return load_tokenizer("distilgpt2")
+
+
+def etl_folder(tmp_path: Path, records: list[dict]) -> Path:
+    """A cleaned-Parquet folder, as `shardtune etl` writes it, from inline records."""
+    from shardtune.etl.pipeline import EtlConfig, run_etl
+
+    src = write_lines(tmp_path / "trn.json", records)
+    run_etl([src], tmp_path / "clean", EtlConfig(min_content_chars=1))
+    return tmp_path / "clean"

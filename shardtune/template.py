@@ -1,0 +1,52 @@
+"""The prompt template: the one definition that tokenization, training and
+generation all use, so a model is always asked the way it was taught.
+
+An example is  prompt(title) + content + EOS.  The seed notebook forgot the EOS
+(its model never learned to stop) and its indented f-string baked twelve spaces
+into every example; here the text is exactly what is written below.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from .errors import UserError
+
+DEFAULT_TEMPLATE = (
+    "You are an assistant that answers questions based on the product description.\n"
+    "Question: {title}\n"
+    "Answer: "
+)
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    text: str = DEFAULT_TEMPLATE
+
+    def __post_init__(self) -> None:
+        try:
+            self.text.format(title="x")
+        except (KeyError, IndexError, ValueError) as e:
+            raise UserError(f"prompt template must contain {{title}} and no other {{fields}}: {e}") from None
+        if "{title}" not in self.text:
+            raise UserError("prompt template must contain {title}")
+
+    def prompt(self, title: str) -> str:
+        return self.text.format(title=title)
+
+    def split(self, title: str) -> tuple[str, str]:
+        """(prompt, answer prefix): the prompt without its trailing spaces, and those spaces.
+
+        Byte-level BPE tokenizers (GPT-2) join a space to the word after it, so
+        "Answer: High" is tokenized ":", " High". Encoding the prompt as
+        "...Answer:" and the answer as " High..." gives exactly the ids of the
+        whole text, and generation starts from a prompt the model has seen.
+        """
+        full = self.prompt(title)
+        prompt = full.rstrip(" ")
+        return prompt, full[len(prompt):]
+
+    @property
+    def hash(self) -> str:
+        return hashlib.sha256(self.text.encode()).hexdigest()[:16]

