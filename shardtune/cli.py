@@ -133,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
         "batch_examples": "examples encoded at a time",
         "shard_tokens": "tokens per shard file",
         "fast": "use tiktoken for GPT-2's BPE when identical to Hugging Face",
+        "workers": "encoding processes, 0 for one per CPU core",
         "force": "redo even when the output is up to date",
     })
     p.set_defaults(func=cmd_tokenize)
