@@ -67,6 +67,19 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import build
+    from .train.config import TrainConfig
+    from .train.loop import run_train
+
+    config = build(TrainConfig, "train", args.config, **vars(args))
+    result = run_train(args.tokens_dir, args.out, config)
+    if int(__import__("os").environ.get("RANK", 0)) == 0:
+        print(f"{result['steps']:,} steps: val loss {result['val_loss']:.4f}, perplexity {result['val_perplexity']:.2f}, "
+              f"padding {result['padding']:.1%} -> {args.out / 'final'}")
+    return 0
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from .etl.synth import write_synth
 
@@ -92,6 +105,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .etl.pipeline import EtlConfig
+    from .train.config import TrainConfig
     from .train.tokenize import TokenizeConfig
 
     parser = argparse.ArgumentParser(prog="shardtune", description="Fine-tune a causal LM on a big, messy product "
@@ -137,6 +151,43 @@ def build_parser() -> argparse.ArgumentParser:
         "force": "redo even when the output is up to date",
     })
     p.set_defaults(func=cmd_tokenize)
+
+    p = sub.add_parser("train", help="fine-tune a causal LM on token shards",
+                       description="Fine-tune a causal language model on `shardtune tokenize` shards with a lean "
+                       "PyTorch loop: no compute on padding, loss on answers, mixed precision chosen from the GPU, "
+                       "fused AdamW, atomic safetensors checkpoints and exact resume. Writes RUN_DIR/final (a "
+                       "Hugging Face model folder), RUN_DIR/metrics.jsonl and RUN_DIR/checkpoints/. Under "
+                       "`torchrun --nproc_per_node N` it trains with DistributedDataParallel.")
+    p.add_argument("tokens_dir", type=Path, metavar="TOKENS_DIR", help="folder written by `shardtune tokenize`")
+    p.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="run folder")
+    p.add_argument("--config", type=Path, metavar="FILE", help="TOML file; its [train] table sets defaults")
+    add_config_flags(p, TrainConfig, {
+        "model": "Hugging Face causal LM name or folder, or the preset 'tiny'",
+        "from_scratch": "fresh weights in the named GPT-2-family architecture",
+        "epochs": "passes over the training examples",
+        "max_steps": "stop after this many optimizer steps (0: all epochs)",
+        "batch_size": "examples per micro-batch",
+        "grad_accum": "micro-batches per optimizer step",
+        "lr": "peak learning rate",
+        "weight_decay": "AdamW weight decay",
+        "warmup_steps": "linear warmup steps",
+        "schedule": "decay after warmup: linear or cosine",
+        "max_length": "cut longer examples to this many tokens",
+        "clip_grad": "gradient norm clipping",
+        "loss_on": "'answer' or 'prompt+answer' (the seed's)",
+        "eval_steps": "evaluate every N steps",
+        "eval_examples": "validation examples per evaluation (0: all)",
+        "save_steps": "checkpoint every N steps",
+        "save_total_limit": "checkpoints kept",
+        "log_steps": "log a line every N steps",
+        "seed": "random seed (weights, data order, dropout)",
+        "precision": "auto, bf16, fp16 or fp32",
+        "grad_checkpointing": "recompute activations to save GPU memory",
+        "compile": "torch.compile the model",
+        "max_bad_steps": "non-finite losses in a row before stopping",
+        "resume": "continue from the newest checkpoint in RUN_DIR",
+    })
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("synth", help="generate trn.json-like test data",
                        description="Write N lines shaped like the AmazonTitles trn.json (quirks included), "

@@ -119,3 +119,33 @@ class TokensManifest:
 
     def shard_paths(self, folder: Path, split: str) -> list[Path]:
         return [folder / s["file"] for s in self.splits[split].shards]
+
+
+RUN_INFO = "shardtune.json"
+
+
+@dataclass
+class RunInfo:
+    """Beside a trained model (RUN_DIR/final/shardtune.json): how it was taught, so
+    that generation asks in the same template and tokenizer."""
+
+    template: str
+    template_hash: str
+    tokenizer: str
+    max_length: int
+    train_config: dict[str, Any]
+    tokens_dir: str
+    format: str = "shardtune.run/1"
+    shardtune_version: str = __version__
+
+    def write(self, folder: Path) -> None:
+        write_json(folder / RUN_INFO, dataclasses.asdict(self))
+
+    @classmethod
+    def read(cls, folder: Path) -> "RunInfo | None":
+        """None for a model folder that shardtune did not train (any Hugging Face model)."""
+        if not (folder / RUN_INFO).exists():
+            return None
+        data = read_json(folder / RUN_INFO, "run info")
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})

@@ -1,0 +1,145 @@
+"""`shardtune train` on CPU with the `tiny` model and small generated data."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from shardtune.errors import UserError
+from shardtune.train.config import TrainConfig
+from shardtune.train.data import collate
+from shardtune.train.loop import Trainer, run_train
+from shardtune.train.model import AnswerLoss, fresh_gpt2
+from shardtune.train.tokens import TokenShards
+
+
+@pytest.fixture(scope="module")
+def tokens(tmp_path_factory):
+    """~600 generated products, cleaned and tokenized to 64 tokens."""
+    from shardtune.etl.pipeline import EtlConfig, run_etl
+    from shardtune.etl.synth import write_synth
+    from shardtune.train.tokenize import TokenizeConfig, run_tokenize
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    d = tmp_path_factory.mktemp("data")
+    write_synth(d / "trn.json", 1200, seed=11)
+    run_etl([d / "trn.json"], d / "clean", EtlConfig())
+    run_tokenize(d / "clean", d / "tokens", TokenizeConfig(max_length=64, val_fraction=0.1))
+    return d / "tokens"
+
+
+def small(**kw) -> TrainConfig:
+    base = dict(model="tiny", batch_size=8, max_steps=6, lr=2e-3, log_steps=1, eval_steps=1000, save_steps=1000,
+                eval_examples=64, max_length=64)
+    return TrainConfig(**{**base, **kw})
+
+
+def metrics(run_dir, kind):
+    return [e for e in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if e["type"] == kind]
+
+
+def test_training_tiny_lowers_validation_loss(tokens, tmp_path):
+    result = run_train(tokens, tmp_path / "run", small(max_steps=40, warmup_steps=4, log_steps=10, eval_steps=20))
+    evals = metrics(tmp_path / "run", "eval")
+    assert [e["step"] for e in evals] == [0, 20, 40]
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 2.0  # fresh weights: ~10.8 nats to well under 9
+    assert result["padding"] < 0.15  # length-grouped batches, not pad-to-256
+    train = metrics(tmp_path / "run", "train")
+    assert {"loss", "lr", "tokens_per_s", "grad_norm", "peak_memory_mb", "padding"} <= set(train[0])
+
+
+def test_final_is_a_hugging_face_model_folder_with_its_template(tokens, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run_train(tokens, tmp_path / "run", small(max_steps=2))
+    final = tmp_path / "run" / "final"
+    model = AutoModelForCausalLM.from_pretrained(final)
+    assert model.config.n_layer == 2 and AutoTokenizer.from_pretrained(final)("Hello world")["input_ids"] == [15496, 995]
+    info = json.loads((final / "shardtune.json").read_text())
+    assert info["template"].startswith("You are an assistant") and info["train_config"]["model"] == "tiny"
+    assert (final / "model.safetensors").exists()
+
+
+def test_an_examples_loss_is_the_same_alone_and_batched_with_others(tokens):
+    torch.manual_seed(0)
+    loss_fn = AnswerLoss(fresh_gpt2("tiny")).eval()
+    data = TokenShards(sorted((tokens / "train").glob("*.arrow")))
+    by_length = {len(data[i][0]): i for i in range(len(data))}
+    idx = [by_length[n] for n in sorted(by_length)[:4]]
+    assert len({len(data[i][0]) for i in idx}) == 4  # different lengths, so the batch pads
+    batched = collate(data, idx, 64, "answer", 50256)
+    with torch.no_grad():
+        total, count = loss_fn(batched.input_ids, batched.attention_mask, batched.position_ids, batched.labels)
+        alone = [loss_fn(b.input_ids, b.attention_mask, b.position_ids, b.labels)
+                 for b in (collate(data, [i], 64, "answer", 50256) for i in idx)]
+    assert int(count) == sum(int(c) for _, c in alone)
+    assert float(total) == pytest.approx(sum(float(s) for s, _ in alone), rel=1e-5)
+
+
+def test_loss_is_on_the_answer_unless_asked_otherwise(tokens):
+    data = TokenShards(sorted((tokens / "train").glob("*.arrow")))
+    ids, prompt_len = data[0]
+    answer = collate(data, [0], 64, "answer", 50256).labels[0]
+    both = collate(data, [0], 64, "prompt+answer", 50256).labels[0]
+    assert (answer[:prompt_len] == -100).all() and (answer[prompt_len:len(ids)] >= 0).all()
+    assert (both[:len(ids)] >= 0).all()
+
+
+def test_a_killed_run_resumes_onto_the_same_loss_curve(tokens, tmp_path, monkeypatch):
+    config = small(max_steps=8, save_steps=4)
+    run_train(tokens, tmp_path / "straight", config)
+
+    original = Trainer.train_step
+
+    def dies_after_step_5(self):
+        if self.state.step == 5:
+            raise KeyboardInterrupt  # killed between checkpoints
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "train_step", dies_after_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(tokens, tmp_path / "killed", config)
+    monkeypatch.setattr(Trainer, "train_step", original)
+    assert [p.name for p in (tmp_path / "killed" / "checkpoints").iterdir()] == ["step-00000004"]
+    run_train(tokens, tmp_path / "killed", TrainConfig(**{**config.__dict__, "resume": True}))
+    straight, resumed = metrics(tmp_path / "straight", "train"), metrics(tmp_path / "killed", "train")
+    assert [e["step"] for e in resumed] == list(range(1, 9))
+    assert [e["loss"] for e in resumed] == pytest.approx([e["loss"] for e in straight], rel=1e-6)
+
+
+def test_save_total_limit_keeps_the_newest_checkpoints(tokens, tmp_path):
+    run_train(tokens, tmp_path / "run", small(max_steps=7, save_steps=2, save_total_limit=2))
+    names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert names == ["step-00000006", "step-00000007"]
+
+
+def test_a_diverging_run_stops_after_bounded_bad_steps(tokens, tmp_path):
+    with pytest.raises(UserError, match="not finite for 2 steps"):
+        run_train(tokens, tmp_path / "run", small(lr=1e12, max_steps=30, clip_grad=1e12, max_bad_steps=2))
+
+
+def test_user_mistakes_are_one_line_errors(tokens, tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(vocab_size=1000, n_layer=1, n_head=2, n_embd=32)).save_pretrained(tmp_path / "small-vocab")
+    with pytest.raises(UserError, match="knows 1,000"):
+        run_train(tokens, tmp_path / "a", small(model=str(tmp_path / "small-vocab")))
+    with pytest.raises(UserError, match="hub is unreachable.*--from-scratch"):
+        run_train(tokens, tmp_path / "b", small(model="distilgpt2"))
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "x").write_text("")
+    with pytest.raises(UserError, match="not empty; use --resume"):
+        run_train(tokens, tmp_path / "c", small())
+
+
+def test_ddp_on_two_cpu_processes(tokens, tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "shardtune.cli", "train", str(tokens), "--out", str(tmp_path / "run"), "--model", "tiny",
+           "--max-steps", "3", "--batch-size", "4", "--log-steps", "1", "--eval-examples", "16", "--max-length", "64"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [e["step"] for e in metrics(tmp_path / "run", "train")] == [1, 2, 3]
+    assert (tmp_path / "run" / "final" / "model.safetensors").exists()

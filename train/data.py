@@ -1,0 +1,72 @@
+"""Batches from the memory-mapped token shards, with almost no padding.
+
+Each epoch, examples are shuffled with (seed, epoch); within windows of 64
+batches they are sorted by length and cut into batches, and the batches are
+shuffled again. A batch is padded only to its own longest example, so the
+padding fraction is a few percent instead of the seed's pad-everything-to-256.
+Padding sits on the right, where a causal model never attends to it, so an
+example's loss is the same alone or beside others (tests/test_train.py).
+
+The data position (epoch, batch index) is all a checkpoint needs to resume: the
+order itself is recomputed from the seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .tokens import TokenShards
+
+WINDOW_BATCHES = 64
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    labels: torch.Tensor
+    real_tokens: int
+    padded_tokens: int
+
+
+def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, shuffle: bool = True,
+                  rank: int = 0, world: int = 1) -> list[np.ndarray]:
+    """The example indices of every batch of one epoch, for one rank."""
+    n = len(lengths)
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(n) if shuffle else np.arange(n)
+    batches: list[np.ndarray] = []
+    window = batch_size * WINDOW_BATCHES
+    for start in range(0, n, window):
+        chunk = order[start:start + window]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
+    if shuffle:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    usable = len(batches) - len(batches) % world  # every rank takes the same number of steps
+    return batches[rank:usable:world]
+
+
+def collate(shards: TokenShards, indices: np.ndarray, max_length: int, loss_on: str, pad_id: int) -> Batch:
+    examples = [shards[int(i)] for i in indices]
+    longest = min(max(len(ids) for ids, _ in examples), max_length)
+    b = len(examples)
+    input_ids = np.full((b, longest), pad_id, dtype=np.int64)
+    labels = np.full((b, longest), -100, dtype=np.int64)
+    mask = np.zeros((b, longest), dtype=np.int64)
+    real = 0
+    for row, (ids, prompt_len) in enumerate(examples):
+        ids = ids[:longest]
+        n = len(ids)
+        input_ids[row, :n] = ids
+        mask[row, :n] = 1
+        first_label = 0 if loss_on == "prompt+answer" else min(prompt_len, n)
+        labels[row, first_label:n] = ids[first_label:]
+        real += n
+    positions = np.broadcast_to(np.arange(longest, dtype=np.int64), (b, longest)).copy()
+    return Batch(torch.from_numpy(input_ids), torch.from_numpy(mask), torch.from_numpy(positions),
+                 torch.from_numpy(labels), real, b * longest - real)

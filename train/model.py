@@ -1,0 +1,112 @@
+"""Building the model and choosing the numeric precision for the device.
+
+`tiny` is a few-million-parameter GPT-2 with GPT-2's vocabulary, for the demo
+and tests. A hub name loads pretrained weights when the hub is reachable; with
+--from-scratch (or offline, where it is required) a GPT-2-family name gets an
+architecture-identical model with fresh weights, so speed and memory figures hold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from shardtune.console import log
+from shardtune.errors import UserError
+from shardtune.hub import hub_reachable, is_gpt2_family, is_local
+
+# Architectures for fresh GPT-2-family weights (the published configs).
+GPT2_SHAPES = {
+    "tiny": dict(n_layer=2, n_head=4, n_embd=128, n_positions=512),
+    "distilgpt2": dict(n_layer=6, n_head=12, n_embd=768, n_positions=1024),
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768, n_positions=1024),
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024, n_positions=1024),
+    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280, n_positions=1024),
+    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600, n_positions=1024),
+}
+
+
+def fresh_gpt2(shape: str, vocab_size: int = 50257, eos_id: int = 50256):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(vocab_size=vocab_size, bos_token_id=eos_id, eos_token_id=eos_id, **GPT2_SHAPES[shape])
+    return GPT2LMHeadModel(config)
+
+
+def load_model(name: str, from_scratch: bool, vocab_size: int, eos_id: int):
+    """A causal LM from a folder, the hub, or fresh weights; user mistakes become UserError."""
+    from transformers import AutoModelForCausalLM
+
+    base = name.rstrip("/").split("/")[-1].lower()
+    if name == "tiny":
+        return fresh_gpt2("tiny", vocab_size, eos_id)
+    if is_local(name):
+        try:
+            return AutoModelForCausalLM.from_pretrained(name)
+        except (OSError, ValueError, KeyError) as e:
+            raise UserError(f"{name} is not a causal language model folder transformers can load: "
+                            f"{str(e).splitlines()[0]}") from None
+    if from_scratch:
+        if not is_gpt2_family(name):
+            raise UserError(f"--from-scratch knows the GPT-2 family ({', '.join(GPT2_SHAPES)}), not {name!r}")
+        return fresh_gpt2(base, vocab_size, eos_id)
+    if not hub_reachable():
+        try:
+            return AutoModelForCausalLM.from_pretrained(name, local_files_only=True)
+        except (OSError, ValueError):
+            hint = " or --from-scratch for fresh weights in its architecture" if is_gpt2_family(name) else ""
+            raise UserError(f"cannot load model {name!r}: the Hugging Face hub is unreachable and it is not in the "
+                            f"local cache; pass a downloaded model folder{hint}") from None
+    try:
+        return AutoModelForCausalLM.from_pretrained(name)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load model {name!r}: {str(e).splitlines()[0]}") from None
+
+
+@dataclass
+class Precision:
+    name: str  # bf16, fp16 or fp32
+    autocast_dtype: torch.dtype | None
+    use_scaler: bool
+
+
+def choose_precision(device: torch.device, wanted: str = "auto") -> Precision:
+    """bf16 where the GPU supports it (Ampere and newer), fp16 with a gradient scaler on
+    older GPUs such as the RTX 2060 (Turing has no bf16), fp32 on the CPU."""
+    if device.type != "cuda":
+        if wanted in ("bf16", "fp16"):
+            log(f"train: {wanted} asked for, but there is no GPU; using fp32")
+        return Precision("fp32", None, False)
+    if wanted == "auto":
+        wanted = "bf16" if torch.cuda.is_bf16_supported() and torch.cuda.get_device_capability(device)[0] >= 8 else "fp16"
+    if wanted == "bf16":
+        return Precision("bf16", torch.bfloat16, False)
+    if wanted == "fp16":
+        return Precision("fp16", torch.float16, True)
+    return Precision("fp32", None, False)
+
+
+class AnswerLoss(nn.Module):
+    """The model plus its loss, computed only where a token is predicted.
+
+    Runs the transformer body, keeps the hidden states of positions whose next
+    token carries a label, and applies the output layer only there: the
+    vocabulary-sized logits (16 x 256 x 50,257 floats, 0.8 GB in fp32) are never
+    made for the prompt or for padding. Returns (summed loss, predicted tokens)
+    so that accumulation and evaluation weigh every token alike.
+    """
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, position_ids, labels):
+        body = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+        hidden = body.last_hidden_state[:, :-1]
+        target = labels[:, 1:]
+        keep = target != -100
+        logits = self.model.get_output_embeddings()(hidden[keep])
+        loss = nn.functional.cross_entropy(logits.float(), target[keep], reduction="sum")
+        return loss, keep.sum()
