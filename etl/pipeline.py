@@ -12,7 +12,6 @@ import json
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
@@ -26,25 +25,10 @@ from shardtune.files import atomic_open, commit, prepare_output_dir, tmp_path
 from shardtune.manifest import EtlManifest, InputFile
 
 from .clean import clean_frame
+from .config import EtlConfig
 from .filters import apply_filters, default_filters
 from .read import Batch, InputReader
 from .shards import OWNED_FILES, SCHEMA, ShardWriter
-
-
-@dataclass
-class EtlConfig:
-    min_content_chars: int = 20  # shorter cleaned content is dropped as "short_content"
-    shard_rows: int = 100_000  # rows per Parquet shard
-    batch_lines: int = 40_000  # lines decoded and cleaned at a time: bounds memory
-    max_line_bytes: int = 1 << 20  # longer lines are quarantined without being held whole
-    keep_dropped: bool = False  # also write dropped.parquet (records filtered out, with reason)
-
-    def check(self) -> None:
-        for name in ("shard_rows", "batch_lines", "max_line_bytes"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.min_content_chars < 0:
-            raise UserError("--min-content-chars must be 0 or more")
 
 
 class _DroppedWriter:

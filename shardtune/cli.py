@@ -38,7 +38,8 @@ def add_config_flags(parser: argparse.ArgumentParser, config_cls: type, helps: d
 
 def cmd_etl(args: argparse.Namespace) -> int:
     from .config import build
-    from .etl.pipeline import EtlConfig, run_etl
+    from .etl.config import EtlConfig
+    from .etl.pipeline import run_etl
 
     config = build(EtlConfig, "etl", args.config, **vars(args))
     manifest = run_etl(args.inputs, args.out, config)
@@ -94,6 +95,14 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.stage == "train":
+        from .benchmarks.train_bench import bench_train
+
+        import torch
+
+        gpu = torch.cuda.is_available()
+        model = args.model or ("distilgpt2" if gpu else "tiny")
+        return bench_train(args.lines, model, args.steps or (200 if gpu else 40), args.batch_size, args.workdir)
     if args.stage == "tokenize":
         from .benchmarks.tokenize_bench import bench_tokenize
 
@@ -104,7 +113,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .etl.pipeline import EtlConfig
+    from .etl.config import EtlConfig
     from .train.config import TrainConfig
     from .train.tokenize import TokenizeConfig
 
@@ -219,6 +228,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--lines", type=int, default=200_000, metavar="N", help="lines to generate (default: 200000)")
     b.add_argument("--workdir", type=Path, default=Path("runs/bench-tokenize"),
                    help="scratch folder (default: runs/bench-tokenize)")
+    b.set_defaults(func=cmd_bench)
+    b = bsub.add_parser("train", help="this training loop vs the seed's Hugging Face Trainer",
+                        description="Train the same model on the same tokens with `shardtune train` and with the "
+                        "seed's Trainer setup (DataCollatorForLanguageModeling, padding to 256, fp16 on CUDA, "
+                        "fused AdamW), each in its own process; print useful (non-padding) tokens/s over the "
+                        "second half of the steps and peak GPU memory (or RSS on CPU). "
+                        "SHARDTUNE_GPU_MEMORY_GB=6 emulates a 6 GB card on a bigger GPU.")
+    b.add_argument("--lines", type=int, default=20_000, metavar="N", help="lines to generate (default: 20000)")
+    b.add_argument("--model", default=None, help="model (default: tiny on CPU, distilgpt2 shape with fresh weights on a GPU)")
+    b.add_argument("--steps", type=int, default=None, metavar="N", help="steps per side (default: 40 on CPU, 200 on a GPU)")
+    b.add_argument("--batch-size", type=int, default=16, metavar="N", help="(default: 16, the seed's)")
+    b.add_argument("--workdir", type=Path, default=Path("runs/bench-train"), help="scratch folder (default: runs/bench-train)")
     b.set_defaults(func=cmd_bench)
     return parser
 

@@ -2,7 +2,8 @@
 
 from pathlib import Path
 
-from shardtune.etl.pipeline import EtlConfig, run_etl
+from shardtune.etl.config import EtlConfig
+from shardtune.etl.pipeline import run_etl
 from shardtune.etl.synth import synth_lines
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample_trn.json"

@@ -8,7 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import rec, write_lines
-from shardtune.etl.pipeline import EtlConfig, run_etl
+from shardtune.etl.config import EtlConfig
+from shardtune.etl.pipeline import run_etl
 from shardtune.manifest import EtlManifest
 
 

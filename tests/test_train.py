@@ -19,7 +19,8 @@ from shardtune.train.tokens import TokenShards
 @pytest.fixture(scope="module")
 def tokens(tmp_path_factory):
     """~600 generated products, cleaned and tokenized to 64 tokens."""
-    from shardtune.etl.pipeline import EtlConfig, run_etl
+    from shardtune.etl.config import EtlConfig
+from shardtune.etl.pipeline import run_etl
     from shardtune.etl.synth import write_synth
     from shardtune.train.tokenize import TokenizeConfig, run_tokenize
 

@@ -35,6 +35,14 @@ from .model import AnswerLoss, choose_precision, load_model
 from .tokens import TokenShards
 
 
+def cap_gpu_memory(device: torch.device) -> None:
+    """SHARDTUNE_GPU_MEMORY_GB=6 makes a big GPU behave like a 6 GB card (allocations past it fail)."""
+    gb = float(os.environ.get("SHARDTUNE_GPU_MEMORY_GB", 0) or 0)
+    if gb > 0:
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, gb * 2**30 / total), device)
+
+
 def lr_at(step: int, total: int, config: TrainConfig) -> float:
     if step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
@@ -99,6 +107,7 @@ class Trainer:
         if cuda:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
             torch.cuda.set_device(device)
+            cap_gpu_memory(device)
             return device
         return torch.device("cpu")
 

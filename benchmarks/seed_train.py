@@ -1,0 +1,69 @@
+"""The seed notebook's training setup, kept only as the benchmark's baseline.
+
+Hugging Face Trainer with DataCollatorForLanguageModeling(mlm=False) over examples
+tokenized with padding="max_length", truncation=True, max_length=256, fp16 when
+CUDA is there, optim="adamw_torch_fused". Writes its figures as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import torch
+
+
+def run(etl_dir: Path, out: Path, model_name: str, from_scratch: bool, steps: int, batch_size: int) -> dict:
+    from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
+
+    from shardtune.template import DEFAULT_TEMPLATE
+    from shardtune.train.loop import cap_gpu_memory
+    from shardtune.train.model import load_model
+    from shardtune.train.tokenizer import load_tokenizer
+
+    cuda = torch.cuda.is_available()
+    if cuda:
+        cap_gpu_memory(torch.device("cuda", 0))
+    tokenizer = load_tokenizer("distilgpt2")
+    tokenizer.pad_token = tokenizer.eos_token
+    need = steps * batch_size
+    rows = pq.read_table(sorted(etl_dir.glob("part-*.parquet"))[0], columns=["title", "content"]).slice(0, need)
+    texts = [DEFAULT_TEMPLATE.format(title=t) + c for t, c in zip(rows.column(0).to_pylist(), rows.column(1).to_pylist())]
+    enc = tokenizer(texts, padding="max_length", truncation=True, max_length=256)
+    examples = [{"input_ids": i, "attention_mask": m} for i, m in zip(enc["input_ids"], enc["attention_mask"])]
+    real_per_example = sum(sum(m) for m in enc["attention_mask"]) / len(examples)
+
+    torch.manual_seed(42)
+    model = load_model(model_name, from_scratch, len(tokenizer), tokenizer.eos_token_id)
+    marks: dict[int, float] = {}
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if cuda:
+                torch.cuda.synchronize()
+            marks[state.global_step] = time.perf_counter()
+
+    args = TrainingArguments(output_dir=str(out), per_device_train_batch_size=batch_size, max_steps=steps,
+                             learning_rate=5e-5, weight_decay=0.01, fp16=cuda,
+                             optim="adamw_torch_fused" if cuda else "adamw_torch", save_strategy="no",
+                             logging_steps=max(1, steps // 4), report_to=[], dataloader_num_workers=0,
+                             use_cpu=not cuda)
+    trainer = Trainer(model=model, args=args, train_dataset=examples, callbacks=[Clock()],
+                      data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False))
+    trainer.train()
+    half = steps // 2  # steady state: the second half of the steps
+    seconds = marks[steps] - marks[half]
+    result = {"useful_tokens_per_s": real_per_example * batch_size * (steps - half) / seconds,
+              "padding": 1 - real_per_example / 256,
+              "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None}
+    (out / "result.json").write_text(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    etl_dir, out, model, scratch, steps, batch = sys.argv[1:7]
+    Path(out).mkdir(parents=True, exist_ok=True)
+    print(run(Path(etl_dir), Path(out), model, scratch == "1", int(steps), int(batch)))
