@@ -39,7 +39,7 @@ def gpt2_tokenizer():
 def etl_folder(tmp_path: Path, records: list[dict]) -> Path:
     """A cleaned-Parquet folder, as `shardtune etl` writes it, from inline records."""
     from shardtune.etl.config import EtlConfig
-from shardtune.etl.pipeline import run_etl
+    from shardtune.etl.pipeline import run_etl
 
     src = write_lines(tmp_path / "trn.json", records)
     run_etl([src], tmp_path / "clean", EtlConfig(min_content_chars=1))

@@ -159,7 +159,7 @@ def test_user_mistakes_exit_2_with_one_line(tmp_path, capsys, args, message):
 def test_worker_processes_write_the_same_shards_as_one_process(tmp_path):
     from shardtune.etl.synth import write_synth
     from shardtune.etl.config import EtlConfig
-from shardtune.etl.pipeline import run_etl
+    from shardtune.etl.pipeline import run_etl
 
     write_synth(tmp_path / "trn.json", 600, seed=2)
     run_etl([tmp_path / "trn.json"], tmp_path / "clean", EtlConfig())

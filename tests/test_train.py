@@ -20,7 +20,7 @@ from shardtune.train.tokens import TokenShards
 def tokens(tmp_path_factory):
     """~600 generated products, cleaned and tokenized to 64 tokens."""
     from shardtune.etl.config import EtlConfig
-from shardtune.etl.pipeline import run_etl
+    from shardtune.etl.pipeline import run_etl
     from shardtune.etl.synth import write_synth
     from shardtune.train.tokenize import TokenizeConfig, run_tokenize
 
@@ -72,12 +72,29 @@ def test_an_examples_loss_is_the_same_alone_and_batched_with_others(tokens):
     idx = [by_length[n] for n in sorted(by_length)[:4]]
     assert len({len(data[i][0]) for i in idx}) == 4  # different lengths, so the batch pads
     batched = collate(data, idx, 64, "answer", 50256)
+    alone = [collate(data, [i], 64, "answer", 50256) for i in idx]
     with torch.no_grad():
-        total, count = loss_fn(batched.input_ids, batched.attention_mask, batched.position_ids, batched.labels)
-        alone = [loss_fn(b.input_ids, b.attention_mask, b.position_ids, b.labels)
-                 for b in (collate(data, [i], 64, "answer", 50256) for i in idx)]
-    assert int(count) == sum(int(c) for _, c in alone)
-    assert float(total) == pytest.approx(sum(float(s) for s, _ in alone), rel=1e-5)
+        total = loss_fn(batched.input_ids, batched.attention_mask, batched.position_ids, batched.predict_at,
+                        batched.targets)
+        parts = [loss_fn(b.input_ids, b.attention_mask, b.position_ids, b.predict_at, b.targets) for b in alone]
+    assert len(batched.targets) == sum(len(b.targets) for b in alone)
+    assert float(total) == pytest.approx(sum(float(p) for p in parts), rel=1e-5)
+
+
+def test_chunked_linear_cross_entropy_matches_the_plain_one(monkeypatch):
+    from shardtune.train.model import ChunkedLinearCrossEntropy, linear_cross_entropy
+
+    monkeypatch.setattr(ChunkedLinearCrossEntropy, "CHUNK", 7)  # several chunks and a ragged last one
+    torch.manual_seed(0)
+    hidden = torch.randn(20, 16, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(50, 16, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, 50, (20,))
+    plain = torch.nn.functional.cross_entropy(hidden @ weight.T, target, reduction="sum")
+    gh, gw = torch.autograd.grad(plain * 0.5, [hidden, weight])
+    ours = linear_cross_entropy(hidden, weight, target)
+    oh, ow = torch.autograd.grad(ours * 0.5, [hidden, weight])
+    assert float(ours.detach()) == pytest.approx(float(plain.detach()), rel=1e-9)
+    assert torch.allclose(oh, gh, rtol=1e-9, atol=1e-12) and torch.allclose(ow, gw, rtol=1e-9, atol=1e-12)
 
 
 def test_loss_is_on_the_answer_unless_asked_otherwise(tokens):

@@ -29,8 +29,17 @@ class Batch:
     attention_mask: torch.Tensor
     position_ids: torch.Tensor
     labels: torch.Tensor
+    predict_at: torch.Tensor  # flat (row * length + position) indices whose next token carries a label
+    targets: torch.Tensor  # the labels there
     real_tokens: int
     padded_tokens: int
+
+    def to(self, device: torch.device) -> "Batch":
+        if device.type == "cpu":
+            return self
+        move = lambda t: t.pin_memory().to(device, non_blocking=True)  # noqa: E731
+        return Batch(move(self.input_ids), move(self.attention_mask), move(self.position_ids), self.labels,
+                     move(self.predict_at), move(self.targets), self.real_tokens, self.padded_tokens)
 
 
 def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, shuffle: bool = True,
@@ -68,5 +77,10 @@ def collate(shards: TokenShards, indices: np.ndarray, max_length: int, loss_on: 
         labels[row, first_label:n] = ids[first_label:]
         real += n
     positions = np.broadcast_to(np.arange(longest, dtype=np.int64), (b, longest)).copy()
+    # Position p predicts token p + 1: keep the positions whose next token has a label.
+    nxt = np.full((b, longest), -100, dtype=np.int64)
+    nxt[:, :-1] = labels[:, 1:]
+    predict_at = np.flatnonzero(nxt.reshape(-1) != -100)
     return Batch(torch.from_numpy(input_ids), torch.from_numpy(mask), torch.from_numpy(positions),
-                 torch.from_numpy(labels), real, b * longest - real)
+                 torch.from_numpy(labels), torch.from_numpy(predict_at), torch.from_numpy(nxt.reshape(-1)[predict_at]),
+                 real, b * longest - real)

@@ -172,9 +172,9 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.precision.autocast_dtype)
 
     def _forward(self, batch):
-        to = lambda t: t.to(self.device, non_blocking=True)  # noqa: E731
+        b = batch.to(self.device)
         with self._autocast():
-            return self.loss_fn(to(batch.input_ids), to(batch.attention_mask), to(batch.position_ids), to(batch.labels))
+            return self.loss_fn(b.input_ids, b.attention_mask, b.position_ids, b.predict_at, b.targets)
 
     # -- the loop ----------------------------------------------------------------
     def should_continue_training(self) -> bool:
@@ -185,19 +185,19 @@ class Trainer:
         lr = lr_at(self.state.step, self.total_steps, self.config)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        predicted = sum(int((b.labels[:, 1:] != -100).sum()) for b in micro)
-        total_loss = 0.0
+        predicted = sum(len(b.targets) for b in micro)
+        total_loss = torch.zeros((), device=self.device)
         for i, batch in enumerate(micro):
             sync = i == len(micro) - 1 or self.world == 1
             ctx = contextlib.nullcontext() if sync or not hasattr(self.loss_fn, "no_sync") else self.loss_fn.no_sync()
             with ctx:
-                loss_sum, _ = self._forward(batch)
-                loss = loss_sum / max(predicted, 1)
+                loss = self._forward(batch) / max(predicted, 1)
                 self.scaler.scale(loss).backward()
-            total_loss += float(loss.detach())
-        finite = math.isfinite(total_loss)
+            total_loss += loss.detach()
         self.scaler.unscale_(self.optimizer)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad))
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad)
+        total_loss, grad_norm = torch.stack([total_loss, norm.to(total_loss)]).tolist()  # the step's one sync
+        finite = math.isfinite(total_loss)
         if finite:
             self.scaler.step(self.optimizer)  # the fp16 scaler itself skips steps with inf/nan gradients
             self.state.bad_steps = 0
@@ -220,8 +220,8 @@ class Trainer:
         loss = tokens = 0.0
         for indices in epoch_batches(self.val_data.lengths[:n], self.config.batch_size, 0, 0, shuffle=False,
                                      rank=self.rank, world=self.world):
-            s, c = self._forward(self._collate(self.val_data, indices))
-            loss, tokens = loss + float(s), tokens + int(c)
+            batch = self._collate(self.val_data, indices)
+            loss, tokens = loss + float(self._forward(batch)), tokens + len(batch.targets)
         if self.world > 1:
             t = torch.tensor([loss, tokens], dtype=torch.float64, device=self.device)
             torch.distributed.all_reduce(t)

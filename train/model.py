@@ -88,25 +88,95 @@ def choose_precision(device: torch.device, wanted: str = "auto") -> Precision:
     return Precision("fp32", None, False)
 
 
+class ChunkedLinearCrossEntropy(torch.autograd.Function):
+    """sum(cross_entropy(hidden @ weight.T, target)) without ever holding all the logits.
+
+    The output layer of a 50,257-token vocabulary makes 200 KB of fp32 logits per
+    predicted token, and autograd would keep them (and their gradient) alive: about
+    1 GB at batch 16 x 256. Here the logits are made CHUNK rows at a time, and the
+    gradients for `hidden` and `weight` are computed right away in the forward pass,
+    so at most one chunk of logits exists at any time.
+    """
+
+    CHUNK = 2048
+
+    @staticmethod
+    def forward(ctx, hidden, weight, target):
+        acc = torch.promote_types(hidden.dtype, torch.float32)  # fp32, or fp64 when given fp64
+        total = hidden.new_zeros((), dtype=acc)
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.zeros_like(weight, dtype=acc) if ctx.needs_input_grad[1] else None
+        for start in range(0, hidden.shape[0], ChunkedLinearCrossEntropy.CHUNK):
+            h, t = hidden[start:start + ChunkedLinearCrossEntropy.CHUNK], target[start:start + ChunkedLinearCrossEntropy.CHUNK]
+            logits = (h @ weight.to(h.dtype).T).to(acc)
+            lse = torch.logsumexp(logits, dim=-1)
+            total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+            if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+                grad = torch.exp_(logits.sub_(lse[:, None]))  # softmax, in place
+                grad[torch.arange(len(t), device=t.device), t] -= 1
+                grad = grad.to(h.dtype)
+                if ctx.needs_input_grad[0]:
+                    grad_hidden[start:start + len(t)] = grad @ weight.to(h.dtype)
+                if ctx.needs_input_grad[1]:
+                    grad_weight += (grad.T @ h).to(acc)
+        ctx.save_for_backward(grad_hidden if grad_hidden is not None else hidden.new_empty(0),
+                              grad_weight if grad_weight is not None else weight.new_empty(0))
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        gh = grad_hidden * grad_output.to(grad_hidden.dtype) if ctx.needs_input_grad[0] else None
+        gw = (grad_weight * grad_output).to(ctx.weight_dtype) if ctx.needs_input_grad[1] else None
+        return gh, gw, None
+
+
+def linear_cross_entropy(hidden, weight, target):
+    if not (torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)):
+        with torch.no_grad():
+            return _chunked_loss_no_grad(hidden, weight, target)
+    return _LinearCE.apply(hidden, weight, target)
+
+
+class _LinearCE(ChunkedLinearCrossEntropy):
+    @staticmethod
+    def forward(ctx, hidden, weight, target):
+        ctx.weight_dtype = weight.dtype
+        return ChunkedLinearCrossEntropy.forward(ctx, hidden, weight, target)
+
+
+def _chunked_loss_no_grad(hidden, weight, target):
+    acc = torch.promote_types(hidden.dtype, torch.float32)
+    total = hidden.new_zeros((), dtype=acc)
+    w = weight.to(hidden.dtype)
+    for start in range(0, hidden.shape[0], ChunkedLinearCrossEntropy.CHUNK):
+        h, t = hidden[start:start + ChunkedLinearCrossEntropy.CHUNK], target[start:start + ChunkedLinearCrossEntropy.CHUNK]
+        logits = (h @ w.T).to(acc)
+        total += (torch.logsumexp(logits, dim=-1) - logits.gather(1, t[:, None]).squeeze(1)).sum()
+    return total
+
+
 class AnswerLoss(nn.Module):
     """The model plus its loss, computed only where a token is predicted.
 
-    Runs the transformer body, keeps the hidden states of positions whose next
-    token carries a label, and applies the output layer only there: the
-    vocabulary-sized logits (16 x 256 x 50,257 floats, 0.8 GB in fp32) are never
-    made for the prompt or for padding. Returns (summed loss, predicted tokens)
-    so that accumulation and evaluation weigh every token alike.
+    Runs the transformer body, keeps the hidden states of the positions whose next
+    token carries a label (their flat indices come precomputed from the CPU, so the
+    GPU never waits on a boolean mask), and applies the output layer only there,
+    in chunks. Returns the summed loss so that accumulation and evaluation weigh
+    every token alike.
     """
 
     def __init__(self, model) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, attention_mask, position_ids, labels):
+    def forward(self, input_ids, attention_mask, position_ids, predict_at, targets):
         body = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
-        hidden = body.last_hidden_state[:, :-1]
-        target = labels[:, 1:]
-        keep = target != -100
-        logits = self.model.get_output_embeddings()(hidden[keep])
-        loss = nn.functional.cross_entropy(logits.float(), target[keep], reduction="sum")
-        return loss, keep.sum()
+        hidden = body.last_hidden_state.flatten(0, 1).index_select(0, predict_at)
+        head = self.model.get_output_embeddings()
+        if getattr(head, "bias", None) is not None:  # rare for causal LMs; fall back to the plain path
+            return nn.functional.cross_entropy(head(hidden).float(), targets, reduction="sum")
+        if torch.is_autocast_enabled(hidden.device.type):
+            hidden = hidden.to(torch.get_autocast_dtype(hidden.device.type))
+        with torch.autocast(hidden.device.type, enabled=False):
+            return linear_cross_entropy(hidden, head.weight, targets)
