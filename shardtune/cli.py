@@ -81,6 +81,67 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sampling(args: argparse.Namespace):
+    from .infer.generate import Sampling
+
+    if args.max_new_tokens < 1:
+        raise UserError("--max-new-tokens must be at least 1")
+    return Sampling(args.max_new_tokens, args.temperature, args.top_p, args.top_k, args.repetition_penalty, args.seed)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .infer.generate import Answerer, answer_file
+
+    sampling = _sampling(args)
+    if args.question is None and not args.interactive and args.input is None:
+        raise UserError("give a QUESTION, --interactive, or --input FILE")
+    if args.input is not None and not args.input.is_file():
+        raise UserError(f"input file not found: {args.input}")
+    answerer = Answerer.load(args.model)
+    if args.input is not None:
+        dst = args.output or args.input.with_suffix(".answers.jsonl")
+        n = answer_file(answerer, args.input, dst, sampling, args.batch_size)
+        print(f"{n:,} answers -> {dst}")
+        return 0
+    if args.question is not None:
+        stream = sys.stdout.isatty()
+        result = answerer.answer([args.question], sampling, stream=stream)[0]
+        if not stream:
+            print(result["answer"])
+        return 0
+    while True:
+        try:
+            question = input("question> ").strip()
+        except EOFError:
+            print()
+            return 0
+        if question in ("exit", "quit"):
+            return 0
+        if not question:
+            continue
+        answerer.answer([question], sampling, stream=True)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .infer.evaluate import EvalConfig, run_eval
+
+    if args.samples < 1:
+        raise UserError("--samples must be at least 1")
+    config = EvalConfig(samples=args.samples, eval_examples=args.eval_examples, max_new_tokens=args.max_new_tokens,
+                        seed=args.seed)
+    run_eval(args.base, args.tuned, args.data, args.out, config)
+    print(f"report -> {args.out / 'report.md'}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .infer.demo import run_demo
+
+    run_demo(args.out, args.input, args.model, args.steps, args.samples)
+    print(f"demo finished; everything is under {args.out}; the report is {args.out / 'eval' / 'report.md'}")
+    return 0
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from .etl.synth import write_synth
 
@@ -197,6 +258,53 @@ def build_parser() -> argparse.ArgumentParser:
         "resume": "continue from the newest checkpoint in RUN_DIR",
     })
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("generate", help="answer questions about products with a trained model",
+                       description="Answer a question about a product (its title, or a sentence about it) with a "
+                       "trained model, asked in the prompt template it was trained with (read from the model "
+                       "folder's shardtune.json). Streams the answer on a terminal; stops at EOS or "
+                       "--max-new-tokens.")
+    p.add_argument("model", metavar="MODEL_DIR", help="a run's final/ folder, or any Hugging Face causal LM")
+    p.add_argument("question", nargs="?", metavar="QUESTION", help="e.g. 'Girls Ballet Tutu Neon Pink'")
+    p.add_argument("--interactive", action="store_true", help="ask questions in a loop (Ctrl-D or 'exit' ends it)")
+    p.add_argument("--input", type=Path, metavar="FILE", help="one question per line, or JSONL with a 'title' field")
+    p.add_argument("--output", type=Path, metavar="FILE", help="JSONL answers for --input (default: INPUT.answers.jsonl)")
+    p.add_argument("--batch-size", type=int, default=8, metavar="N", help="questions generated together (default: 8)")
+
+    def sampling_flags(q: argparse.ArgumentParser, temperature: float) -> None:
+        q.add_argument("--max-new-tokens", type=int, default=128, metavar="N", help="(default: 128)")
+        q.add_argument("--temperature", type=float, default=temperature, help=f"0 for greedy (default: {temperature})")
+        q.add_argument("--top-p", type=float, default=0.9, help="(default: 0.9)")
+        q.add_argument("--top-k", type=int, default=50, help="(default: 50)")
+        q.add_argument("--repetition-penalty", type=float, default=1.2, help="(default: 1.2)")
+        q.add_argument("--seed", type=int, default=0, help="(default: 0)")
+
+    sampling_flags(p, 0.7)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("eval", help="compare a model before and after fine-tuning",
+                       description="Perplexity on answer tokens, ROUGE-L, token F1 and the EOS rate of greedy "
+                       "answers on held-out products, for the base and the tuned model; writes report.md, "
+                       "report.json and loss.png.")
+    p.add_argument("--base", required=True, help="the model before fine-tuning (name, folder, or 'tiny')")
+    p.add_argument("--tuned", required=True, help="the fine-tuned model (a run's final/ folder)")
+    p.add_argument("--data", type=Path, required=True, metavar="TOKENS_DIR", help="token folder with a val split")
+    p.add_argument("--out", type=Path, default=Path("runs/eval"), metavar="DIR", help="report folder (default: runs/eval)")
+    p.add_argument("--samples", type=int, default=100, metavar="N", help="products answered by both (default: 100)")
+    p.add_argument("--eval-examples", type=int, default=1000, metavar="N", help="examples for perplexity (default: 1000)")
+    p.add_argument("--max-new-tokens", type=int, default=96, metavar="N", help="(default: 96)")
+    p.add_argument("--seed", type=int, default=0, help="sample seed (default: 0)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("demo", help="the whole pipeline on the bundled sample, offline, in minutes",
+                       description="etl -> tokenize -> train -> eval -> a few answers on the bundled sample "
+                       "(or --input), with the tiny model on a CPU by default; every artefact under --out.")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), metavar="DIR", help="(default: runs/demo)")
+    p.add_argument("--input", type=Path, nargs="+", metavar="FILE", help="catalogue file(s) instead of the bundled sample")
+    p.add_argument("--model", default="tiny", help="model to fine-tune (default: tiny; e.g. distilgpt2 with a network)")
+    p.add_argument("--steps", type=int, default=200, metavar="N", help="training steps (default: 200)")
+    p.add_argument("--samples", type=int, default=30, metavar="N", help="products answered in the report (default: 30)")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("synth", help="generate trn.json-like test data",
                        description="Write N lines shaped like the AmazonTitles trn.json (quirks included), "

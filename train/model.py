@@ -15,7 +15,7 @@ from torch import nn
 
 from shardtune.console import log
 from shardtune.errors import UserError
-from shardtune.hub import hub_reachable, is_gpt2_family, is_local
+from shardtune.hub import hub_reachable, is_gpt2_family, is_local, quiet_transformers
 
 # Architectures for fresh GPT-2-family weights (the published configs).
 GPT2_SHAPES = {
@@ -39,6 +39,7 @@ def load_model(name: str, from_scratch: bool, vocab_size: int, eos_id: int):
     """A causal LM from a folder, the hub, or fresh weights; user mistakes become UserError."""
     from transformers import AutoModelForCausalLM
 
+    quiet_transformers()
     base = name.rstrip("/").split("/")[-1].lower()
     if name == "tiny":
         return fresh_gpt2("tiny", vocab_size, eos_id)

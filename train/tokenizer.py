@@ -14,13 +14,14 @@ from pathlib import Path
 
 from shardtune.console import log
 from shardtune.errors import UserError
-from shardtune.hub import gpt2_bpe_files, hub_reachable, is_gpt2_family, is_local
+from shardtune.hub import gpt2_bpe_files, hub_reachable, is_gpt2_family, is_local, quiet_transformers
 
 
 def load_tokenizer(name: str):
     """A Hugging Face tokenizer from a folder, the hub, or (GPT-2 family, offline) the bundled BPE files."""
     from transformers import AutoTokenizer
 
+    quiet_transformers()
     if is_local(name):
         try:
             return AutoTokenizer.from_pretrained(Path(name).expanduser())

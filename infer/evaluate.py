@@ -1,0 +1,175 @@
+"""`shardtune eval`: the model before and after fine-tuning, on the held-out split, in numbers.
+
+Per model: perplexity on answer tokens; on a fixed, seeded sample of validation
+products, ROUGE-L (rouge-score) and token F1 of greedy answers against the real
+descriptions, and the share of answers that end by themselves (EOS) before the
+token limit. Writes report.json, report.md and, for a shardtune run, loss.png.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from shardtune.console import log
+from shardtune.errors import UserError
+from shardtune.files import atomic_open, write_json
+from shardtune.manifest import TokensManifest
+
+from .generate import Answerer, Sampling
+
+
+@dataclass
+class EvalConfig:
+    samples: int = 100  # validation products answered by both models
+    eval_examples: int = 1000  # validation examples for perplexity (0: all)
+    max_new_tokens: int = 96
+    seed: int = 0
+    batch_size: int = 16
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    pred, ref = re.findall(r"\w+", prediction.lower()), re.findall(r"\w+", reference.lower())
+    common = sum((Counter(pred) & Counter(ref)).values())
+    if not pred or not ref or not common:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+@torch.no_grad()
+def answer_perplexity(answerer: Answerer, val, n: int, batch_size: int) -> float:
+    from shardtune.train.data import collate, epoch_batches
+    from shardtune.train.model import AnswerLoss
+
+    loss_fn = AnswerLoss(answerer.model)
+    total = tokens = 0.0
+    for indices in epoch_batches(val.lengths[:n], batch_size, 0, 0, shuffle=False):
+        batch = collate(val, indices, answerer.context, "answer", answerer.eos).to(answerer.device)
+        total += float(loss_fn(batch.input_ids, batch.attention_mask, batch.position_ids, batch.predict_at,
+                               batch.targets))
+        tokens += len(batch.targets)
+    return math.exp(min(total / max(tokens, 1), 50))
+
+
+def _title_of(prompt: str, template_text: str) -> str:
+    before, after = template_text.split("{title}", 1)
+    return prompt.removeprefix(before).removesuffix(after.rstrip(" ")).strip()
+
+
+def run_eval(base: str, tuned: str, data: Path, out: Path, config: EvalConfig | None = None) -> dict:
+    from rouge_score import rouge_scorer
+
+    from shardtune.train.tokens import TokenShards
+
+    config = config or EvalConfig()
+    manifest = TokensManifest.read(data)
+    val = TokenShards(manifest.shard_paths(data, "val"))
+    if len(val) == 0:
+        raise UserError(f"{data} has no validation examples; tokenize with --val-fraction above 0")
+    rng = np.random.default_rng(config.seed)
+    picks = sorted(rng.choice(len(val), size=min(config.samples, len(val)), replace=False).tolist())
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    sampling = Sampling(max_new_tokens=config.max_new_tokens, temperature=0.0, repetition_penalty=1.2, seed=config.seed)
+    n_ppl = len(val) if not config.eval_examples else min(config.eval_examples, len(val))
+    results: dict[str, dict] = {}
+    answers: dict[str, list[dict]] = {}
+    questions = references = None
+    for role, name in (("base", base), ("tuned", tuned)):
+        log(f"eval: {role} model {name} ...")
+        answerer = Answerer.load(name)
+        if questions is None:
+            decode = lambda ids: answerer.tokenizer.decode(ids.tolist(), skip_special_tokens=True)  # noqa: E731
+            pairs = [val[i] for i in picks]
+            questions = [_title_of(decode(ids[:p]), manifest.template) for ids, p in pairs]
+            references = [decode(ids[p:]).strip() for ids, p in pairs]
+        outs = []
+        for start in range(0, len(questions), config.batch_size):
+            outs += answerer.answer(questions[start:start + config.batch_size], sampling)
+        answers[role] = outs
+        rouge = [scorer.score(ref, o["answer"])["rougeL"].fmeasure for ref, o in zip(references, outs)]
+        results[role] = {"model": name, "perplexity": answer_perplexity(answerer, val, n_ppl, config.batch_size),
+                         "rouge_l": float(np.mean(rouge)),
+                         "token_f1": float(np.mean([token_f1(o["answer"], r) for o, r in zip(outs, references)])),
+                         "eos_rate": float(np.mean([o["stopped_at_eos"] for o in outs]))}
+    samples = [{"question": q, "reference": r, "base": b["answer"], "tuned": t["answer"]}
+               for q, r, b, t in zip(questions, references, answers["base"], answers["tuned"])]
+    report = {**results, "samples": samples, "config": vars(config), "data": str(data),
+              "perplexity_examples": n_ppl}
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "report.json", report)
+    curve = plot_losses(Path(tuned).parent / "metrics.jsonl", out / "loss.png")
+    _write_markdown(out / "report.md", report, curve)
+    _print_headline(results)
+    return report
+
+
+def plot_losses(metrics: Path, png: Path) -> Path | None:
+    if not metrics.exists():
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    entries = [json.loads(line) for line in metrics.read_text().splitlines()]
+    train = [(e["step"], e["loss"]) for e in entries if e["type"] == "train"]
+    val = [(e["step"], e["val_loss"]) for e in entries if e["type"] == "eval"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train), label="training loss (answer tokens)")
+    if val:
+        ax.plot(*zip(*val), "o-", label="validation loss (answer tokens)")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy (nats)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_open(png, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
+    plt.close(fig)
+    return png
+
+
+def _headline_rows(results: dict) -> list[tuple[str, str, str]]:
+    b, t = results["base"], results["tuned"]
+    return [("perplexity (answer tokens, lower is better)", f"{b['perplexity']:,.2f}", f"{t['perplexity']:,.2f}"),
+            ("ROUGE-L F1", f"{b['rouge_l']:.3f}", f"{t['rouge_l']:.3f}"),
+            ("token F1", f"{b['token_f1']:.3f}", f"{t['token_f1']:.3f}"),
+            ("answers ending with EOS", f"{b['eos_rate']:.0%}", f"{t['eos_rate']:.0%}")]
+
+
+def _print_headline(results: dict) -> None:
+    table = Table(title="Before and after fine-tuning (held-out products)")
+    for col in ("metric", "base", "tuned"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    for row in _headline_rows(results):
+        table.add_row(*row)
+    Console().print(table)
+
+
+def _write_markdown(path: Path, report: dict, curve: Path | None) -> None:
+    cell = lambda text: text.replace("|", "\\|").replace("\n", " ")[:300]  # noqa: E731
+    lines = ["# Before and after fine-tuning", "",
+             f"Base: `{report['base']['model']}`; tuned: `{report['tuned']['model']}`; data: `{report['data']}` "
+             f"(perplexity on {report['perplexity_examples']:,} validation examples; answers on "
+             f"{len(report['samples'])} sampled products, greedy, at most {report['config']['max_new_tokens']} tokens).",
+             "", "| metric | base | tuned |", "| --- | ---: | ---: |"]
+    lines += [f"| {m} | {b} | {t} |" for m, b, t in _headline_rows(report)]
+    if curve:
+        lines += ["", f"![training and validation loss]({curve.name})"]
+    lines += ["", "## Answers side by side", "", "| question | reference description | base | tuned |",
+              "| --- | --- | --- | --- |"]
+    lines += [f"| {cell(s['question'])} | {cell(s['reference'])} | {cell(s['base'])} | {cell(s['tuned'])} |"
+              for s in report["samples"][:20]]
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")

@@ -1,0 +1,133 @@
+"""`shardtune generate`, `eval` and `demo` on a tiny model trained for a few steps on CPU."""
+
+import json
+
+import pytest
+import torch
+
+from shardtune.cli import main
+from shardtune.errors import UserError
+from shardtune.infer.generate import Answerer, Sampling
+from shardtune.template import PromptTemplate
+
+CUSTOM = "Product: {title}\nDescription: "
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A tiny model trained briefly on tokens made with a custom template."""
+    import os
+
+    from shardtune.etl.config import EtlConfig
+    from shardtune.etl.pipeline import run_etl
+    from shardtune.etl.synth import write_synth
+    from shardtune.train.config import TrainConfig
+    from shardtune.train.loop import run_train
+    from shardtune.train.tokenize import TokenizeConfig, run_tokenize
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    d = tmp_path_factory.mktemp("infer")
+    write_synth(d / "trn.json", 800, seed=4)
+    run_etl([d / "trn.json"], d / "clean", EtlConfig())
+    run_tokenize(d / "clean", d / "tokens", TokenizeConfig(max_length=64, val_fraction=0.1, template=CUSTOM))
+    run_train(d / "tokens", d / "run", TrainConfig(model="tiny", max_steps=30, batch_size=8, lr=2e-3, max_length=64,
+                                                   eval_steps=1000, save_steps=1000, log_steps=10, eval_examples=32))
+    return d
+
+
+def test_a_model_is_asked_in_the_template_it_was_trained_with(run):
+    answerer = Answerer.load(str(run / "run" / "final"))
+    assert answerer.template == PromptTemplate(CUSTOM)
+    prompt = answerer.tokenizer.decode(answerer.prompt_ids("Girls Ballet Tutu Neon Pink", 16))
+    assert prompt == "Product: Girls Ballet Tutu Neon Pink\nDescription:"
+
+
+class StubModel(torch.nn.Module):
+    """generate() returns three tokens, then EOS, then padding: what a model that learned to stop does."""
+
+    config = type("Config", (), {"n_positions": 64})()
+
+    def generate(self, input_ids, attention_mask, pad_token_id, eos_token_id, streamer=None, **kw):
+        tail = torch.tensor([[314, 716, 257, eos_token_id, pad_token_id]] * len(input_ids))
+        return torch.cat([input_ids, tail], dim=1)
+
+
+def test_answers_stop_at_eos_and_hide_it(gpt2_tokenizer):
+    answerer = Answerer(StubModel(), gpt2_tokenizer, PromptTemplate(), 64)
+    (result,) = answerer.answer(["Adult Ballet Tutu Yellow"], Sampling(max_new_tokens=5, temperature=0))
+    assert result == {"question": "Adult Ballet Tutu Yellow", "answer": gpt2_tokenizer.decode([314, 716, 257]).strip(),
+                      "stopped_at_eos": True, "new_tokens": 3}
+
+
+def test_a_question_longer_than_the_context_is_cut_from_the_left(gpt2_tokenizer, capsys):
+    answerer = Answerer(StubModel(), gpt2_tokenizer, PromptTemplate(CUSTOM), 64)
+    ids = answerer.prompt_ids("very " * 200 + "long title", max_new_tokens=16)
+    assert len(ids) <= 64 - 16
+    assert gpt2_tokenizer.decode(ids).startswith("Product: ") and gpt2_tokenizer.decode(ids).endswith("long title\nDescription:")
+    answerer.prompt_ids("very " * 200, max_new_tokens=16)
+    assert capsys.readouterr().err.count("longer than the model's context") == 1  # said once
+
+
+def test_batch_input_writes_jsonl_answers(run, tmp_path):
+    questions = tmp_path / "questions.txt"
+    questions.write_text('Girls Ballet Tutu Neon Pink\n\n{"title": "Kestrel 10 Inch Cast Iron Skillet"}\nBaby Sun Hat Teal\n')
+    assert main(["generate", str(run / "run" / "final"), "--input", str(questions), "--batch-size", "2",
+                 "--max-new-tokens", "12", "--temperature", "0"]) == 0
+    answers = [json.loads(line) for line in (tmp_path / "questions.answers.jsonl").read_text().splitlines()]
+    assert [a["question"] for a in answers] == ["Girls Ballet Tutu Neon Pink", "Kestrel 10 Inch Cast Iron Skillet",
+                                                "Baby Sun Hat Teal"]
+    assert all(a["answer"] and a["new_tokens"] <= 12 for a in answers)
+
+
+def test_one_question_prints_only_the_answer(run, capsys):
+    assert main(["generate", str(run / "run" / "final"), "Girls Hoodie Navy Blue", "--max-new-tokens", "8",
+                 "--temperature", "0"]) == 0
+    out = capsys.readouterr().out.strip()
+    assert out and "Description:" not in out and "Product:" not in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["generate", "{final}", "   "], "question is empty"),
+    (["generate", "{tmp}/no-such-run/final", "a tutu"], "model folder not found"),
+    (["generate", "{tokens}", "a tutu"], "not a model folder"),
+    (["generate", "{final}", "--input", "{tmp}/missing.txt"], "input file not found"),
+    (["generate", "{final}"], "give a QUESTION"),
+])
+def test_bad_input_is_one_line_and_exit_2(run, tmp_path, capsys, args, message):
+    argv = [a.format(final=run / "run" / "final", tokens=run / "tokens", tmp=tmp_path) for a in args]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1] and "Traceback" not in "\n".join(err)
+
+
+def test_eval_reports_both_models(run, tmp_path):
+    from shardtune.infer.evaluate import EvalConfig, run_eval
+
+    report = run_eval("tiny", str(run / "run" / "final"), run / "tokens", tmp_path / "eval",
+                      EvalConfig(samples=4, eval_examples=32, max_new_tokens=16))
+    for role in ("base", "tuned"):
+        assert {"perplexity", "rouge_l", "token_f1", "eos_rate"} <= set(report[role])
+    assert report["tuned"]["perplexity"] < report["base"]["perplexity"] / 10
+    assert len(report["samples"]) == 4 and {"question", "reference", "base", "tuned"} <= set(report["samples"][0])
+    assert json.loads((tmp_path / "eval" / "report.json").read_text())["tuned"] == report["tuned"]
+    assert "| ROUGE-L F1 |" in (tmp_path / "eval" / "report.md").read_text()
+    assert (tmp_path / "eval" / "loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_token_f1():
+    from shardtune.infer.evaluate import token_f1
+
+    assert token_f1("a soft cotton tutu", "A soft, cotton tutu!") == 1.0
+    assert token_f1("nothing alike", "a soft cotton tutu") == 0.0
+    assert token_f1("soft tutu", "soft cotton tutu") == pytest.approx(0.8)
+
+
+def test_demo_runs_the_whole_pipeline(tmp_path):
+    from shardtune.infer.demo import run_demo
+
+    result = run_demo(tmp_path / "demo", None, "tiny", steps=20, samples=3)
+    evals = [e for e in map(json.loads, (tmp_path / "demo" / "run" / "metrics.jsonl").read_text().splitlines())
+             if e["type"] == "eval"]
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 3
+    assert (tmp_path / "demo" / "eval" / "report.md").exists() and set(result["timings"]) == {"etl", "tokenize", "train", "eval"}
+    assert run_demo(tmp_path / "demo", None, "tiny", steps=2, samples=1)  # a second demo replaces the first
