@@ -156,6 +156,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.stage == "generate":
+        from .benchmarks.generate_bench import bench_generate
+
+        return bench_generate(args.model, args.questions, args.max_new_tokens)
     if args.stage == "train":
         from .benchmarks.train_bench import bench_train
 
@@ -348,6 +352,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--steps", type=int, default=None, metavar="N", help="steps per side (default: 40 on CPU, 200 on a GPU)")
     b.add_argument("--batch-size", type=int, default=16, metavar="N", help="(default: 16, the seed's)")
     b.add_argument("--workdir", type=Path, default=Path("runs/bench-train"), help="scratch folder (default: runs/bench-train)")
+    b.set_defaults(func=cmd_bench)
+    b = bsub.add_parser("generate", help="answers/s and time to first token, single and batched",
+                        description="Greedy answers to generated product titles: plain model.generate one question "
+                        "at a time (the seed's way) against `shardtune generate` with batches of 1, 8 and 32; "
+                        "prints answer tokens/s (up to EOS), answers/s and time to first token.")
+    b.add_argument("--model", type=Path, default=Path("runs/demo/run/final"),
+                   help="a trained model folder (default: runs/demo/run/final, from `shardtune demo`)")
+    b.add_argument("--questions", type=int, default=64, metavar="N", help="(default: 64)")
+    b.add_argument("--max-new-tokens", type=int, default=64, metavar="N", help="(default: 64)")
     b.set_defaults(func=cmd_bench)
     return parser
 

@@ -19,6 +19,19 @@ MANIFEST = "manifest.json"
 ETL_FORMAT = "shardtune.etl/1"
 
 
+def _read_manifest(folder: Path, fmt: str, what: str, command: str) -> dict[str, Any]:
+    data = read_json(folder / MANIFEST, what)
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        raise UserError(f"{folder / MANIFEST} is not a shardtune {what}; run `shardtune {command}` to make one")
+    return data
+
+
+def _build(cls, data: dict[str, Any]):
+    """The dataclass from its JSON, ignoring keys a newer version may have added."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in known})
+
+
 @dataclass
 class InputFile:
     path: str
@@ -61,13 +74,10 @@ class EtlManifest:
 
     @classmethod
     def read(cls, folder: Path) -> "EtlManifest":
-        data = read_json(folder / MANIFEST, "ETL manifest")
-        if not isinstance(data, dict) or data.get("format") != ETL_FORMAT:
-            raise UserError(f"{folder / MANIFEST} is not a shardtune ETL manifest; run `shardtune etl` to make one")
+        data = _read_manifest(folder, ETL_FORMAT, "ETL manifest", "etl")
         data["inputs"] = [InputFile(**i) for i in data["inputs"]]
         data["shards"] = [Shard(**s) for s in data["shards"]]
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return _build(cls, data)
 
 
 TOKENS_FORMAT = "shardtune.tokens/1"
@@ -110,12 +120,9 @@ class TokensManifest:
 
     @classmethod
     def read(cls, folder: Path) -> "TokensManifest":
-        data = read_json(folder / MANIFEST, "token manifest")
-        if not isinstance(data, dict) or data.get("format") != TOKENS_FORMAT:
-            raise UserError(f"{folder / MANIFEST} is not a shardtune token manifest; run `shardtune tokenize` first")
+        data = _read_manifest(folder, TOKENS_FORMAT, "token manifest", "tokenize")
         data["splits"] = {k: SplitStats(**v) for k, v in data["splits"].items()}
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return _build(cls, data)
 
     def shard_paths(self, folder: Path, split: str) -> list[Path]:
         return [folder / s["file"] for s in self.splits[split].shards]
@@ -146,6 +153,4 @@ class RunInfo:
         """None for a model folder that shardtune did not train (any Hugging Face model)."""
         if not (folder / RUN_INFO).exists():
             return None
-        data = read_json(folder / RUN_INFO, "run info")
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return _build(cls, read_json(folder / RUN_INFO, "run info"))
