@@ -123,6 +123,8 @@ class InputReader:
                 break
             if not chunk:
                 break
+            if lineno == 0 and not tail and chunk.startswith(b"\xef\xbb\xbf"):
+                chunk = chunk[3:]  # a UTF-8 byte-order mark is not part of the first record
             if too_long is not None:
                 end = chunk.find(b"\n")
                 if end < 0:

@@ -6,6 +6,7 @@ stderr and exit code 2; nothing here prints a traceback for them.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -75,7 +76,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = build(TrainConfig, "train", args.config, **vars(args))
     result = run_train(args.tokens_dir, args.out, config)
-    if int(__import__("os").environ.get("RANK", 0)) == 0:
+    if int(os.environ.get("RANK", 0)) == 0:  # under torchrun, one summary line
         print(f"{result['steps']:,} steps: val loss {result['val_loss']:.4f}, perplexity {result['val_perplexity']:.2f}, "
               f"padding {result['padding']:.1%} -> {args.out / 'final'}")
     return 0

@@ -8,7 +8,6 @@ stay readable. rich honours NO_COLOR by itself.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from contextlib import contextmanager
 from typing import Iterator
@@ -110,7 +109,3 @@ def meter(label: str, total: float | None, unit: str, rates: tuple[str, ...] = (
         m._task = progress.add_task(label, total=total or None, rates="")
         yield m
         progress.update(m._task, completed=m.position, rates=m._rate_text())
-
-
-def stderr_is_tty() -> bool:
-    return sys.stderr.isatty()

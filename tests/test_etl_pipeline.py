@@ -149,3 +149,11 @@ def test_reruns_are_deterministic_and_replace_the_old_output(tmp_path):
     # Fewer shards on a re-run with other options: the old extra shards are gone.
     run_etl([src], tmp_path / "out", EtlConfig(shard_rows=100_000))
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["manifest.json", "part-00000.parquet", "rejects.jsonl"]
+
+
+def test_a_utf8_byte_order_mark_and_crlf_line_ends_are_tolerated(tmp_path):
+    src = tmp_path / "trn.json"
+    src.write_bytes(b"\xef\xbb\xbf" + json.dumps(rec(uid="a")).encode() + b"\r\n" +
+                    json.dumps(rec(uid="b", content="Another good one here.")).encode() + b"\r\n")
+    m = run_etl([src], tmp_path / "out", EtlConfig())
+    assert m.records_kept == 2 and m.malformed == 0

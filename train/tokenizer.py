@@ -58,10 +58,6 @@ def offline_gpt2_tokenizer():
     return tok
 
 
-def vocab_size(tokenizer) -> int:
-    return len(tokenizer)
-
-
 def eos_id(tokenizer) -> int:
     if tokenizer.eos_token_id is None:
         raise UserError("the tokenizer has no end-of-sequence token; shardtune needs one to teach the model to stop")
