@@ -68,7 +68,7 @@ def bench_tokenize(lines: int, workdir: Path) -> int:
     seed_bytes = folder_bytes(seed_out)
     same, checked = same_ids(etl_dir, workdir / "tokens", seed_out)
 
-    table = Table(title=f"Tokenization of {n:,} examples (distilgpt2 BPE, max 256), {machine()}", min_width=100)
+    table = Table(title=f"Tokenization of {n:,} examples (distilgpt2 BPE, max 256), {machine()}")
     for col in ("approach", "seconds", "examples/s", "tokens/s", "bytes on disk", "peak RSS MB"):
         table.add_column(col, justify="left" if col == "approach" else "right")
     table.add_row(f"shardtune ({m.tokenizer_backend})", f"{ours.seconds:.1f}", f"{n / ours.seconds:,.0f}",
@@ -77,7 +77,7 @@ def bench_tokenize(lines: int, workdir: Path) -> int:
                   f"{tokens / seed.seconds:,.0f}", f"{seed_bytes / 1e6:,.1f} MB", f"{seed.peak_rss_mb:,.0f}")
     table.add_row("ratio", "", f"{seed.seconds / ours.seconds:.1f}x", f"{seed.seconds / ours.seconds:.1f}x",
                   f"1/{seed_bytes / ours_bytes:.1f}", f"{ours.peak_rss_mb / seed.peak_rss_mb:.1f}x")
-    out = Console()
+    out = Console(width=140)
     out.print(table)
     out.print(f"same ids as the seed (EOS and padding aside) on {same:,} of the first {checked:,} examples; "
               f"tokens/s counts real tokens, not padding")

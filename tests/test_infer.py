@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from shardtune.cli import main
-from shardtune.errors import UserError
 from shardtune.infer.generate import Answerer, Sampling
 from shardtune.template import PromptTemplate
 

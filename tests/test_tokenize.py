@@ -1,6 +1,5 @@
 """`shardtune tokenize`: the template round trip, truncation, the split, the shard format, the tokenizers."""
 
-import os
 
 import datasets
 import numpy as np
