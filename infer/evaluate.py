@@ -57,7 +57,7 @@ def answer_perplexity(answerer: Answerer, val, n: int, batch_size: int) -> float
         batch = collate(val, indices, answerer.context, "answer", answerer.eos).to(answerer.device)
         total += float(loss_fn(batch.input_ids, batch.attention_mask, batch.position_ids, batch.predict_at,
                                batch.targets))
-        tokens += len(batch.targets)
+        tokens += batch.predicted
     return math.exp(min(total / max(tokens, 1), 50))
 
 

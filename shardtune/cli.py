@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         "log_steps": "log a line every N steps",
         "seed": "random seed (weights, data order, dropout)",
         "precision": "auto, bf16, fp16 or fp32",
+        "pad_multiple": "round batch lengths up to a multiple of N (0: 16 on GPU, 1 on CPU)",
         "grad_checkpointing": "recompute activations to save GPU memory",
         "compile": "torch.compile the model",
         "max_bad_steps": "non-finite losses in a row before stopping",

@@ -81,6 +81,29 @@ def test_an_examples_loss_is_the_same_alone_and_batched_with_others(tokens):
     assert float(total) == pytest.approx(sum(float(p) for p in parts), rel=1e-5)
 
 
+def test_rounding_shapes_up_for_the_gpu_changes_no_loss(tokens):
+    torch.manual_seed(0)
+    loss_fn = AnswerLoss(fresh_gpt2("tiny")).eval()
+    data = TokenShards(sorted((tokens / "train").glob("*.arrow")))
+    plain = collate(data, [0, 1, 2], 64, "answer", 50256)
+    rounded = collate(data, [0, 1, 2], 64, "answer", 50256, pad_multiple=16, rows_multiple=64)
+    assert rounded.input_ids.shape[1] % 16 == 0 and len(rounded.targets) % 64 == 0
+    assert rounded.predicted == plain.predicted == int((plain.targets != -100).sum())
+    loss = lambda b: float(loss_fn(b.input_ids, b.attention_mask, b.position_ids, b.predict_at, b.targets))  # noqa: E731
+    with torch.no_grad():
+        assert loss(rounded) == pytest.approx(loss(plain), rel=1e-5)
+    hidden = torch.randn(5, 8, requires_grad=True)
+    weight = torch.randn(11, 8, requires_grad=True)
+    from shardtune.train.model import linear_cross_entropy
+
+    target = torch.tensor([3, -100, 7, -100, 1])
+    ours = linear_cross_entropy(hidden, weight, target)
+    ours.backward()
+    assert hidden.grad[1].abs().sum() == 0 and hidden.grad[3].abs().sum() == 0  # ignored rows learn nothing
+    ref = torch.nn.functional.cross_entropy(hidden @ weight.T, target, reduction="sum", ignore_index=-100)
+    assert float(ours.detach()) == pytest.approx(float(ref.detach()), rel=1e-5)
+
+
 def test_chunked_linear_cross_entropy_matches_the_plain_one(monkeypatch):
     from shardtune.train.model import ChunkedLinearCrossEntropy, linear_cross_entropy
 

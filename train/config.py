@@ -33,6 +33,7 @@ class TrainConfig:
     log_steps: int = 100
     seed: int = 42
     precision: str = "auto"  # auto (bf16 on Ampere+, fp16 on older GPUs, fp32 on CPU), bf16, fp16, fp32
+    pad_multiple: int = 0  # round batch lengths up to this (0: 16 on a GPU, where repeating shapes are fast; 1 on CPU)
     grad_checkpointing: bool = False
     compile: bool = False
     max_bad_steps: int = 10  # non-finite losses in a row before the run stops

@@ -30,16 +30,17 @@ class Batch:
     position_ids: torch.Tensor
     labels: torch.Tensor
     predict_at: torch.Tensor  # flat (row * length + position) indices whose next token carries a label
-    targets: torch.Tensor  # the labels there
+    targets: torch.Tensor  # the labels there (-100 on rows added only to round the count up)
     real_tokens: int
     padded_tokens: int
+    predicted: int  # real targets: the loss is their mean
 
     def to(self, device: torch.device) -> "Batch":
         if device.type == "cpu":
             return self
         move = lambda t: t.pin_memory().to(device, non_blocking=True)  # noqa: E731
         return Batch(move(self.input_ids), move(self.attention_mask), move(self.position_ids), self.labels,
-                     move(self.predict_at), move(self.targets), self.real_tokens, self.padded_tokens)
+                     move(self.predict_at), move(self.targets), self.real_tokens, self.padded_tokens, self.predicted)
 
 
 def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, shuffle: bool = True,
@@ -60,9 +61,17 @@ def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, s
     return batches[rank:usable:world]
 
 
-def collate(shards: TokenShards, indices: np.ndarray, max_length: int, loss_on: str, pad_id: int) -> Batch:
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def collate(shards: TokenShards, indices: np.ndarray, max_length: int, loss_on: str, pad_id: int,
+            pad_multiple: int = 1, rows_multiple: int = 1) -> Batch:
+    """One right-padded batch. On a GPU, `pad_multiple` and `rows_multiple` round the sequence
+    length and the number of predicted rows up, so that matrix shapes repeat from step to step
+    (a new shape costs cuBLAS a fresh algorithm choice); the extra positions carry no loss."""
     examples = [shards[int(i)] for i in indices]
-    longest = min(max(len(ids) for ids, _ in examples), max_length)
+    longest = min(_round_up(max(len(ids) for ids, _ in examples), pad_multiple), max_length)
     b = len(examples)
     input_ids = np.full((b, longest), pad_id, dtype=np.int64)
     labels = np.full((b, longest), -100, dtype=np.int64)
@@ -81,6 +90,12 @@ def collate(shards: TokenShards, indices: np.ndarray, max_length: int, loss_on: 
     nxt = np.full((b, longest), -100, dtype=np.int64)
     nxt[:, :-1] = labels[:, 1:]
     predict_at = np.flatnonzero(nxt.reshape(-1) != -100)
+    targets = nxt.reshape(-1)[predict_at]
+    predicted = len(targets)
+    extra = _round_up(max(predicted, 1), rows_multiple) - predicted
+    if extra:
+        predict_at = np.concatenate([predict_at, np.zeros(extra, dtype=np.int64)])
+        targets = np.concatenate([targets, np.full(extra, -100, dtype=np.int64)])
     return Batch(torch.from_numpy(input_ids), torch.from_numpy(mask), torch.from_numpy(positions),
-                 torch.from_numpy(labels), torch.from_numpy(predict_at), torch.from_numpy(nxt.reshape(-1)[predict_at]),
-                 real, b * longest - real)
+                 torch.from_numpy(labels), torch.from_numpy(predict_at), torch.from_numpy(targets),
+                 real, b * longest - real, predicted)

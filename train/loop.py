@@ -163,7 +163,10 @@ class Trainer:
         return out
 
     def _collate(self, data: TokenShards, indices):
-        return collate(data, indices, self.config.max_length, self.config.loss_on, self.manifest.eos_id)
+        gpu = self.device.type == "cuda"
+        multiple = self.config.pad_multiple or (16 if gpu else 1)
+        return collate(data, indices, self.config.max_length, self.config.loss_on, self.manifest.eos_id,
+                       pad_multiple=multiple, rows_multiple=256 if gpu else 1)
 
     def _autocast(self):
         if self.precision.autocast_dtype is None:
@@ -184,7 +187,7 @@ class Trainer:
         lr = lr_at(self.state.step, self.total_steps, self.config)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        predicted = sum(len(b.targets) for b in micro)
+        predicted = sum(b.predicted for b in micro)
         total_loss = torch.zeros((), device=self.device)
         for i, batch in enumerate(micro):
             sync = i == len(micro) - 1 or self.world == 1
@@ -220,7 +223,7 @@ class Trainer:
         for indices in epoch_batches(self.val_data.lengths[:n], self.config.batch_size, 0, 0, shuffle=False,
                                      rank=self.rank, world=self.world):
             batch = self._collate(self.val_data, indices)
-            loss, tokens = loss + float(self._forward(batch)), tokens + len(batch.targets)
+            loss, tokens = loss + float(self._forward(batch)), tokens + batch.predicted
         if self.world > 1:
             t = torch.tensor([loss, tokens], dtype=torch.float64, device=self.device)
             torch.distributed.all_reduce(t)

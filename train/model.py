@@ -89,8 +89,12 @@ def choose_precision(device: torch.device, wanted: str = "auto") -> Precision:
     return Precision("fp32", None, False)
 
 
+IGNORE = -100  # target of rows that carry no loss
+
+
 class ChunkedLinearCrossEntropy(torch.autograd.Function):
-    """sum(cross_entropy(hidden @ weight.T, target)) without ever holding all the logits.
+    """sum(cross_entropy(hidden @ weight.T, target)) without ever holding all the logits
+    (rows whose target is -100 count for nothing).
 
     The output layer of a 50,257-token vocabulary makes 200 KB of fp32 logits per
     predicted token, and autograd would keep them (and their gradient) alive: about
@@ -111,11 +115,13 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
             h, t = hidden[start:start + ChunkedLinearCrossEntropy.CHUNK], target[start:start + ChunkedLinearCrossEntropy.CHUNK]
             logits = (h @ weight.to(h.dtype).T).to(acc)
             lse = torch.logsumexp(logits, dim=-1)
-            total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+            valid = t != IGNORE
+            t = t.clamp(min=0)
+            total += torch.where(valid, lse - logits.gather(1, t[:, None]).squeeze(1), 0).sum()
             if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
                 grad = torch.exp_(logits.sub_(lse[:, None]))  # softmax, in place
                 grad[torch.arange(len(t), device=t.device), t] -= 1
-                grad = grad.to(h.dtype)
+                grad = grad.mul_(valid[:, None]).to(h.dtype)  # ignored rows get no gradient
                 if ctx.needs_input_grad[0]:
                     grad_hidden[start:start + len(t)] = grad @ weight.to(h.dtype)
                 if ctx.needs_input_grad[1]:
@@ -153,7 +159,9 @@ def _chunked_loss_no_grad(hidden, weight, target):
     for start in range(0, hidden.shape[0], ChunkedLinearCrossEntropy.CHUNK):
         h, t = hidden[start:start + ChunkedLinearCrossEntropy.CHUNK], target[start:start + ChunkedLinearCrossEntropy.CHUNK]
         logits = (h @ w.T).to(acc)
-        total += (torch.logsumexp(logits, dim=-1) - logits.gather(1, t[:, None]).squeeze(1)).sum()
+        valid = t != IGNORE
+        picked = logits.gather(1, t.clamp(min=0)[:, None]).squeeze(1)
+        total += torch.where(valid, torch.logsumexp(logits, dim=-1) - picked, 0).sum()
     return total
 
 
@@ -176,7 +184,7 @@ class AnswerLoss(nn.Module):
         hidden = body.last_hidden_state.flatten(0, 1).index_select(0, predict_at)
         head = self.model.get_output_embeddings()
         if getattr(head, "bias", None) is not None:  # rare for causal LMs; fall back to the plain path
-            return nn.functional.cross_entropy(head(hidden).float(), targets, reduction="sum")
+            return nn.functional.cross_entropy(head(hidden).float(), targets, reduction="sum", ignore_index=IGNORE)
         if torch.is_autocast_enabled(hidden.device.type):
             hidden = hidden.to(torch.get_autocast_dtype(hidden.device.type))
         with torch.autocast(hidden.device.type, enabled=False):
