@@ -32,6 +32,14 @@ class Record(msgspec.Struct, gc=False):  # gc=False: millions of them, no cycles
     content: str
 
 
+class _TooLong(bytes):
+    """The head of a line longer than max_line_bytes; the rest was skipped unread into memory."""
+
+
+class _Broken(bytes):
+    """Marks where a compressed stream broke off (its text is the reason)."""
+
+
 @dataclass
 class Malformed:
     line: int
@@ -106,65 +114,68 @@ class InputReader:
             return
         yield from (self._array_batches() if array else self._line_batches())
 
-    def _line_batches(self) -> Iterator[Batch]:
-        decode = msgspec.json.Decoder(Record).decode
-        limit = self.max_line_bytes
-        batch, lineno, tail = Batch(), 0, b""
-        too_long: bytes | None = None  # head of an over-long line whose rest is being skipped
+    def _line_lists(self) -> Iterator[list[bytes]]:
+        """Raw lines, one list per read chunk (splitting in C keeps the per-line cost low).
+
+        A line over max_line_bytes comes as a _TooLong holding its head (the rest is
+        skipped without being held), and a corrupt compressed stream ends with a _Broken.
+        """
+        limit, tail, first = self.max_line_bytes, b"", True
+        too_long: _TooLong | None = None
         while True:
             try:
                 # read1: one underlying read, so a corrupt gzip loses no line decoded before it
                 chunk = self.stream.read1(CHUNK_BYTES)
             except (OSError, EOFError, zlib.error) as e:  # truncated or corrupt gzip
-                lineno += 1
-                batch.lines += 1
-                batch.malformed.append(Malformed(lineno, "broken_stream", f"compressed stream broken off: {e}", b""))
-                tail, too_long = b"", None
-                break
+                yield [_Broken(f"compressed stream broken off: {e}".encode())]
+                return
             if not chunk:
                 break
-            if lineno == 0 and not tail and chunk.startswith(b"\xef\xbb\xbf"):
+            if first and chunk.startswith(b"\xef\xbb\xbf"):
                 chunk = chunk[3:]  # a UTF-8 byte-order mark is not part of the first record
+            first = False
+            lines: list[bytes] = []
             if too_long is not None:
                 end = chunk.find(b"\n")
                 if end < 0:
                     continue
-                lineno += 1
-                batch.lines += 1
-                batch.malformed.append(Malformed(lineno, "line_too_long", f"line longer than {limit} bytes", too_long))
+                lines.append(too_long)
                 too_long, chunk = None, chunk[end + 1:]
-            lines = (tail + chunk).split(b"\n") if tail else chunk.split(b"\n")
-            tail = lines.pop()
+            parts = (tail + chunk).split(b"\n") if tail else chunk.split(b"\n")
+            tail = parts.pop()
             if len(tail) > limit:
-                too_long, tail = tail[:REJECT_BYTES], b""
+                too_long, tail = _TooLong(tail[:REJECT_BYTES]), b""
+            yield lines + parts if lines else parts
+        if too_long is not None:
+            yield [too_long]
+        elif tail:  # a last line without a newline
+            yield [tail]
+
+    def _line_batches(self) -> Iterator[Batch]:
+        decode = msgspec.json.Decoder(Record).decode
+        limit = self.max_line_bytes
+        batch, lineno = Batch(), 0
+        for lines in self._line_lists():
             keep = batch.records.append
             for line in lines:
                 lineno += 1
                 batch.lines += 1
-                if len(line) > limit:
-                    batch.malformed.append(Malformed(lineno, "line_too_long", f"line longer than {limit} bytes",
-                                                     line[:REJECT_BYTES]))
-                else:
+                if type(line) is bytes and len(line) <= limit:
                     try:
                         keep(decode(line))
                     except (msgspec.DecodeError, UnicodeDecodeError) as e:
                         kind, detail = _classify(e, line)
                         batch.malformed.append(Malformed(lineno, kind, detail, line[:REJECT_BYTES].rstrip(b"\r")))
+                elif type(line) is _Broken:
+                    batch.malformed.append(Malformed(lineno, "broken_stream", line.decode(), b""))
+                else:
+                    batch.malformed.append(Malformed(lineno, "line_too_long", f"line longer than {limit} bytes",
+                                                     line[:REJECT_BYTES]))
                 if batch.lines >= self.batch_lines:
                     batch.position = self.raw.tell()
                     yield batch
                     batch = Batch()
                     keep = batch.records.append
-        if too_long is not None or tail:  # a last line without a newline
-            lineno += 1
-            batch.lines += 1
-            if too_long is not None:
-                batch.malformed.append(Malformed(lineno, "line_too_long", f"line longer than {limit} bytes", too_long))
-            else:
-                try:
-                    batch.records.append(decode(tail))
-                except (msgspec.DecodeError, UnicodeDecodeError) as e:
-                    batch.malformed.append(Malformed(lineno, *_classify(e, tail), tail[:REJECT_BYTES]))
         batch.position = self.size
         yield batch
 

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from rich.console import Console
 from rich.table import Table
 
@@ -46,18 +45,14 @@ def token_f1(prediction: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-@torch.no_grad()
 def answer_perplexity(answerer: Answerer, val, n: int, batch_size: int) -> float:
     from shardtune.train.data import collate, epoch_batches
-    from shardtune.train.model import AnswerLoss
+    from shardtune.train.model import AnswerLoss, batch_loss, summed_loss
 
     loss_fn = AnswerLoss(answerer.model)
-    total = tokens = 0.0
-    for indices in epoch_batches(val.lengths[:n], batch_size, 0, 0, shuffle=False):
-        batch = collate(val, indices, answerer.context, "answer", answerer.eos).to(answerer.device)
-        total += float(loss_fn(batch.input_ids, batch.attention_mask, batch.position_ids, batch.predict_at,
-                               batch.targets))
-        tokens += batch.predicted
+    batches = (collate(val, idx, answerer.context, "answer", answerer.eos).to(answerer.device)
+               for idx in epoch_batches(val.lengths[:n], batch_size, 0, 0, shuffle=False))
+    total, tokens = summed_loss(lambda b: batch_loss(loss_fn, b), batches)
     return math.exp(min(total / max(tokens, 1), 50))
 
 

@@ -31,7 +31,7 @@ from shardtune.manifest import RunInfo, TokensManifest
 from .checkpoint import TrainState, checkpoint_dirs, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import collate, epoch_batches
-from .model import AnswerLoss, choose_precision, load_model
+from .model import AnswerLoss, batch_loss, choose_precision, load_model, summed_loss
 from .tokens import TokenShards
 
 
@@ -174,9 +174,8 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.precision.autocast_dtype)
 
     def _forward(self, batch):
-        b = batch.to(self.device)
         with self._autocast():
-            return self.loss_fn(b.input_ids, b.attention_mask, b.position_ids, b.predict_at, b.targets)
+            return batch_loss(self.loss_fn, batch.to(self.device))
 
     # -- the loop ----------------------------------------------------------------
     def should_continue_training(self) -> bool:
@@ -215,15 +214,12 @@ class Trainer:
         return {"loss": total_loss, "lr": lr, "grad_norm": grad_norm, "skipped": not finite,
                 "real_tokens": sum(b.real_tokens for b in micro), "padded_tokens": sum(b.padded_tokens for b in micro)}
 
-    @torch.no_grad()
     def evaluate(self) -> dict:
         self.model.eval()
         n = len(self.val_data) if not self.config.eval_examples else min(len(self.val_data), self.config.eval_examples)
-        loss = tokens = 0.0
-        for indices in epoch_batches(self.val_data.lengths[:n], self.config.batch_size, 0, 0, shuffle=False,
-                                     rank=self.rank, world=self.world):
-            batch = self._collate(self.val_data, indices)
-            loss, tokens = loss + float(self._forward(batch)), tokens + batch.predicted
+        order = epoch_batches(self.val_data.lengths[:n], self.config.batch_size, 0, 0, shuffle=False,
+                              rank=self.rank, world=self.world)
+        loss, tokens = summed_loss(self._forward, (self._collate(self.val_data, idx) for idx in order))
         if self.world > 1:
             t = torch.tensor([loss, tokens], dtype=torch.float64, device=self.device)
             torch.distributed.all_reduce(t)

@@ -92,6 +92,32 @@ def choose_precision(device: torch.device, wanted: str = "auto") -> Precision:
 IGNORE = -100  # target of rows that carry no loss
 
 
+def _chunked_cross_entropy(hidden, weight, target, grad_hidden: bool, grad_weight: bool):
+    """(summed loss, d loss/d hidden or None, d loss/d weight or None), one chunk of logits at a time."""
+    chunk = ChunkedLinearCrossEntropy.CHUNK
+    acc = torch.promote_types(hidden.dtype, torch.float32)  # fp32, or fp64 when given fp64
+    w = weight.to(hidden.dtype)  # once per call, not per chunk
+    total = hidden.new_zeros((), dtype=acc)
+    gh = torch.empty_like(hidden) if grad_hidden else None
+    gw = torch.zeros_like(weight, dtype=acc) if grad_weight else None
+    for start in range(0, hidden.shape[0], chunk):
+        h, t = hidden[start:start + chunk], target[start:start + chunk]
+        logits = (h @ w.T).to(acc)
+        lse = torch.logsumexp(logits, dim=-1)
+        valid = t != IGNORE
+        t = t.clamp(min=0)
+        total += torch.where(valid, lse - logits.gather(1, t[:, None]).squeeze(1), 0).sum()
+        if grad_hidden or grad_weight:
+            grad = torch.exp_(logits.sub_(lse[:, None]))  # softmax, in place
+            grad[torch.arange(len(t), device=t.device), t] -= 1
+            grad = grad.mul_(valid[:, None]).to(h.dtype)  # ignored rows get no gradient
+            if grad_hidden:
+                gh[start:start + len(t)] = grad @ w
+            if grad_weight:
+                gw += (grad.T @ h).to(acc)
+    return total, gh, gw
+
+
 class ChunkedLinearCrossEntropy(torch.autograd.Function):
     """sum(cross_entropy(hidden @ weight.T, target)) without ever holding all the logits
     (rows whose target is -100 count for nothing).
@@ -107,27 +133,10 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, target):
-        acc = torch.promote_types(hidden.dtype, torch.float32)  # fp32, or fp64 when given fp64
-        total = hidden.new_zeros((), dtype=acc)
-        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-        grad_weight = torch.zeros_like(weight, dtype=acc) if ctx.needs_input_grad[1] else None
-        for start in range(0, hidden.shape[0], ChunkedLinearCrossEntropy.CHUNK):
-            h, t = hidden[start:start + ChunkedLinearCrossEntropy.CHUNK], target[start:start + ChunkedLinearCrossEntropy.CHUNK]
-            logits = (h @ weight.to(h.dtype).T).to(acc)
-            lse = torch.logsumexp(logits, dim=-1)
-            valid = t != IGNORE
-            t = t.clamp(min=0)
-            total += torch.where(valid, lse - logits.gather(1, t[:, None]).squeeze(1), 0).sum()
-            if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-                grad = torch.exp_(logits.sub_(lse[:, None]))  # softmax, in place
-                grad[torch.arange(len(t), device=t.device), t] -= 1
-                grad = grad.mul_(valid[:, None]).to(h.dtype)  # ignored rows get no gradient
-                if ctx.needs_input_grad[0]:
-                    grad_hidden[start:start + len(t)] = grad @ weight.to(h.dtype)
-                if ctx.needs_input_grad[1]:
-                    grad_weight += (grad.T @ h).to(acc)
-        ctx.save_for_backward(grad_hidden if grad_hidden is not None else hidden.new_empty(0),
-                              grad_weight if grad_weight is not None else weight.new_empty(0))
+        total, gh, gw = _chunked_cross_entropy(hidden, weight, target, *ctx.needs_input_grad[:2])
+        ctx.weight_dtype = weight.dtype
+        ctx.save_for_backward(gh if gh is not None else hidden.new_empty(0),
+                              gw if gw is not None else weight.new_empty(0))
         return total
 
     @staticmethod
@@ -139,30 +148,10 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
 
 
 def linear_cross_entropy(hidden, weight, target):
-    if not (torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)):
-        with torch.no_grad():
-            return _chunked_loss_no_grad(hidden, weight, target)
-    return _LinearCE.apply(hidden, weight, target)
-
-
-class _LinearCE(ChunkedLinearCrossEntropy):
-    @staticmethod
-    def forward(ctx, hidden, weight, target):
-        ctx.weight_dtype = weight.dtype
-        return ChunkedLinearCrossEntropy.forward(ctx, hidden, weight, target)
-
-
-def _chunked_loss_no_grad(hidden, weight, target):
-    acc = torch.promote_types(hidden.dtype, torch.float32)
-    total = hidden.new_zeros((), dtype=acc)
-    w = weight.to(hidden.dtype)
-    for start in range(0, hidden.shape[0], ChunkedLinearCrossEntropy.CHUNK):
-        h, t = hidden[start:start + ChunkedLinearCrossEntropy.CHUNK], target[start:start + ChunkedLinearCrossEntropy.CHUNK]
-        logits = (h @ w.T).to(acc)
-        valid = t != IGNORE
-        picked = logits.gather(1, t.clamp(min=0)[:, None]).squeeze(1)
-        total += torch.where(valid, torch.logsumexp(logits, dim=-1) - picked, 0).sum()
-    return total
+    if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+        return ChunkedLinearCrossEntropy.apply(hidden, weight, target)
+    with torch.no_grad():
+        return _chunked_cross_entropy(hidden, weight, target, False, False)[0]
 
 
 class AnswerLoss(nn.Module):
@@ -189,3 +178,18 @@ class AnswerLoss(nn.Module):
             hidden = hidden.to(torch.get_autocast_dtype(hidden.device.type))
         with torch.autocast(hidden.device.type, enabled=False):
             return linear_cross_entropy(hidden, head.weight, targets)
+
+
+def batch_loss(loss_fn, batch):
+    """Summed loss of one Batch (train.data) under `loss_fn` (an AnswerLoss, possibly wrapped in DDP)."""
+    return loss_fn(batch.input_ids, batch.attention_mask, batch.position_ids, batch.predict_at, batch.targets)
+
+
+@torch.no_grad()
+def summed_loss(forward, batches) -> tuple[float, int]:
+    """(summed loss, predicted tokens) over batches: validation loss for training and for `eval`."""
+    loss = tokens = 0
+    for batch in batches:
+        loss += float(forward(batch))
+        tokens += batch.predicted
+    return loss, tokens
