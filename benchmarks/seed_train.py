@@ -37,7 +37,7 @@ def run(etl_dir: Path, out: Path, model_name: str, from_scratch: bool, steps: in
     real_per_example = sum(sum(m) for m in enc["attention_mask"]) / len(examples)
 
     torch.manual_seed(42)
-    model = load_model(model_name, from_scratch, len(tokenizer), tokenizer.eos_token_id)
+    model = load_model(model_name, from_scratch, len(tokenizer), tokenizer.eos_token_id, fast_gelu=False)
     marks: dict[int, float] = {}
 
     class Clock(TrainerCallback):

@@ -214,6 +214,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch-size", type=int, default=16, metavar="N", help="(default: 16, the seed's)")
     b.add_argument("--workdir", type=Path, default=Path("runs/bench-train"), help="scratch folder (default: runs/bench-train)")
     b.set_defaults(func=cmd_bench)
+    b = bsub.add_parser("memory", help="estimate a training step's peak GPU memory, no GPU needed",
+                        description="Run two training steps of this loop and of the seed's setup with fake tensors "
+                        "(shapes only, no arithmetic) and count every allocation, as "
+                        "torch.cuda.max_memory_allocated would: the worst case, every row at --max-length. "
+                        "Answers 'will it fit my card?' on any machine; benchmarks/RESULTS.md compares it with "
+                        "measured figures.")
+    b.add_argument("--model", default="distilgpt2", help="a GPT-2-family shape (default: distilgpt2)")
+    b.add_argument("--batch-size", type=int, default=16, metavar="N", help="(default: 16, the seed's)")
+    b.add_argument("--max-length", type=int, default=256, metavar="N", help="(default: 256, the seed's)")
+    b.set_defaults(func=cmd_bench)
     b = bsub.add_parser("generate", help="answers/s and time to first token, single and batched",
                         description="Greedy answers to generated product titles: plain model.generate one question "
                         "at a time (the seed's way) against `shardtune generate` with batches of 1, 8 and 32; "

@@ -134,6 +134,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from .benchmarks.generate_bench import bench_generate
 
         return bench_generate(args.model, args.questions, args.max_new_tokens)
+    if args.stage == "memory":
+        from .benchmarks.gpu_memory import bench_memory
+
+        return bench_memory(args.model, args.batch_size, args.max_length)
     if args.stage == "train":
         from .benchmarks.train_bench import bench_train
 

@@ -12,7 +12,7 @@ from shardtune.errors import UserError
 from shardtune.train.config import TrainConfig
 from shardtune.train.data import collate
 from shardtune.train.loop import Trainer, run_train
-from shardtune.train.model import AnswerLoss, fresh_gpt2
+from shardtune.train.model import AnswerLoss, batch_loss, fresh_gpt2
 from shardtune.train.tokens import TokenShards
 
 
@@ -74,9 +74,8 @@ def test_an_examples_loss_is_the_same_alone_and_batched_with_others(tokens):
     batched = collate(data, idx, 64, "answer", 50256)
     alone = [collate(data, [i], 64, "answer", 50256) for i in idx]
     with torch.no_grad():
-        total = loss_fn(batched.input_ids, batched.attention_mask, batched.position_ids, batched.predict_at,
-                        batched.targets)
-        parts = [loss_fn(b.input_ids, b.attention_mask, b.position_ids, b.predict_at, b.targets) for b in alone]
+        total = batch_loss(loss_fn, batched)
+        parts = [batch_loss(loss_fn, b) for b in alone]
     assert len(batched.targets) == sum(len(b.targets) for b in alone)
     assert float(total) == pytest.approx(sum(float(p) for p in parts), rel=1e-5)
 
@@ -89,7 +88,7 @@ def test_rounding_shapes_up_for_the_gpu_changes_no_loss(tokens):
     rounded = collate(data, [0, 1, 2], 64, "answer", 50256, pad_multiple=16, rows_multiple=64)
     assert rounded.input_ids.shape[1] % 16 == 0 and len(rounded.targets) % 64 == 0
     assert rounded.predicted == plain.predicted == int((plain.targets != -100).sum())
-    loss = lambda b: float(loss_fn(b.input_ids, b.attention_mask, b.position_ids, b.predict_at, b.targets))  # noqa: E731
+    loss = lambda b: float(batch_loss(loss_fn, b))  # noqa: E731
     with torch.no_grad():
         assert loss(rounded) == pytest.approx(loss(plain), rel=1e-5)
     hidden = torch.randn(5, 8, requires_grad=True)
@@ -184,3 +183,41 @@ def test_ddp_on_two_cpu_processes(tokens, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert [e["step"] for e in metrics(tmp_path / "run", "train")] == [1, 2, 3]
     assert (tmp_path / "run" / "final" / "model.safetensors").exists()
+
+
+def test_gpt2_gelu_is_fused_without_changing_what_the_model_computes():
+    import copy
+
+    from shardtune.train.model import fuse_gelu
+
+    torch.manual_seed(0)
+    stock = fresh_gpt2("tiny").eval()
+    fused = fuse_gelu(copy.deepcopy(stock))
+    assert stock.config.activation_function == "gelu_new"
+    assert fused.config.activation_function == "gelu_pytorch_tanh"  # saved in final/, loads the fused op
+    ids = torch.randint(0, 50257, (2, 24))
+    with torch.no_grad():
+        torch.testing.assert_close(fused(ids).logits, stock(ids).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_activation_checkpointing_recomputes_the_same_gradients(tokens):
+    from shardtune.train.model import enable_activation_checkpointing
+
+    data = TokenShards(sorted((tokens / "train").glob("*.arrow")))
+    batch = collate(data, [0, 1, 2, 3], 64, "answer", 50256)
+
+    def grads(checkpointing: bool):
+        torch.manual_seed(0)
+        model = fresh_gpt2("tiny").train()  # dropout on: recomputation must replay the same masks
+        if checkpointing:
+            enable_activation_checkpointing(model)
+        mlp, calls = model.transformer.h[0].mlp, []
+        mlp.register_forward_pre_hook(lambda *_: calls.append(1))
+        torch.manual_seed(1)
+        batch_loss(AnswerLoss(model), batch).backward()
+        return [p.grad for p in model.parameters()], len(calls)
+
+    (plain, once), (recomputed, twice) = grads(False), grads(True)
+    assert (once, twice) == (1, 2)  # the layer really ran again in the backward pass
+    for a, b in zip(plain, recomputed):
+        torch.testing.assert_close(b, a)

@@ -26,7 +26,6 @@ WINDOW_BATCHES = 64
 @dataclass
 class Batch:
     input_ids: torch.Tensor
-    attention_mask: torch.Tensor
     position_ids: torch.Tensor
     labels: torch.Tensor
     predict_at: torch.Tensor  # flat (row * length + position) indices whose next token carries a label
@@ -39,7 +38,7 @@ class Batch:
         if device.type == "cpu":
             return self
         move = lambda t: t.pin_memory().to(device, non_blocking=True)  # noqa: E731
-        return Batch(move(self.input_ids), move(self.attention_mask), move(self.position_ids), self.labels,
+        return Batch(move(self.input_ids), move(self.position_ids), self.labels,
                      move(self.predict_at), move(self.targets), self.real_tokens, self.padded_tokens, self.predicted)
 
 
@@ -75,13 +74,11 @@ def collate(shards: TokenShards, indices: np.ndarray, max_length: int, loss_on: 
     b = len(examples)
     input_ids = np.full((b, longest), pad_id, dtype=np.int64)
     labels = np.full((b, longest), -100, dtype=np.int64)
-    mask = np.zeros((b, longest), dtype=np.int64)
     real = 0
     for row, (ids, prompt_len) in enumerate(examples):
         ids = ids[:longest]
         n = len(ids)
         input_ids[row, :n] = ids
-        mask[row, :n] = 1
         first_label = 0 if loss_on == "prompt+answer" else min(prompt_len, n)
         labels[row, first_label:n] = ids[first_label:]
         real += n
@@ -96,6 +93,6 @@ def collate(shards: TokenShards, indices: np.ndarray, max_length: int, loss_on: 
     if extra:
         predict_at = np.concatenate([predict_at, np.zeros(extra, dtype=np.int64)])
         targets = np.concatenate([targets, np.full(extra, -100, dtype=np.int64)])
-    return Batch(torch.from_numpy(input_ids), torch.from_numpy(mask), torch.from_numpy(positions),
+    return Batch(torch.from_numpy(input_ids), torch.from_numpy(positions),
                  torch.from_numpy(labels), torch.from_numpy(predict_at), torch.from_numpy(targets),
                  real, b * longest - real, predicted)

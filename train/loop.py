@@ -31,7 +31,7 @@ from shardtune.manifest import RunInfo, TokensManifest
 from .checkpoint import TrainState, checkpoint_dirs, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import collate, epoch_batches
-from .model import AnswerLoss, batch_loss, choose_precision, load_model, summed_loss
+from .model import AnswerLoss, batch_loss, choose_precision, enable_activation_checkpointing, load_model, summed_loss
 from .tokens import TokenShards
 
 
@@ -70,7 +70,7 @@ class Trainer:
         self.model = load_model(config.model, config.from_scratch, self.manifest.vocab_size, self.manifest.eos_id)
         self._check_vocab()
         if config.grad_checkpointing:
-            self.model.gradient_checkpointing_enable()
+            enable_activation_checkpointing(self.model)
         self.model.to(self.device).train()
         self.precision = choose_precision(self.device, config.precision)
         if self.device.type == "cuda" and torch.cuda.get_device_capability(self.device)[0] >= 8:

@@ -35,7 +35,36 @@ def fresh_gpt2(shape: str, vocab_size: int = 50257, eos_id: int = 50256):
     return GPT2LMHeadModel(config)
 
 
-def load_model(name: str, from_scratch: bool, vocab_size: int, eos_id: int):
+def fuse_gelu(model):
+    """Swap GPT-2's `gelu_new`, written as eight elementwise ops, for the same tanh formula as
+    one fused op: fewer kernels, and about 70 MB less activation memory per layer at batch
+    16 x 256. The config says so, so the saved model loads with the fused op everywhere."""
+    from transformers.activations import ACT2FN, NewGELUActivation
+
+    if getattr(model.config, "activation_function", None) != "gelu_new":
+        return model
+    for parent in list(model.modules()):
+        for child_name, child in parent.named_children():
+            if isinstance(child, NewGELUActivation):
+                setattr(parent, child_name, ACT2FN["gelu_pytorch_tanh"])
+    model.config.activation_function = "gelu_pytorch_tanh"
+    return model
+
+
+def enable_activation_checkpointing(model) -> None:
+    """Recompute each layer's activations in the backward pass (transformers renamed the method)."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
+
+
+def load_model(name: str, from_scratch: bool, vocab_size: int, eos_id: int, fast_gelu: bool = True):
+    """A causal LM from a folder, the hub, or fresh weights, with GPT-2's GELU fused
+    (`fast_gelu=False` keeps the stock one, for the seed's benchmark baseline)."""
+    model = _load_model(name, from_scratch, vocab_size, eos_id)
+    return fuse_gelu(model) if fast_gelu else model
+
+
+def _load_model(name: str, from_scratch: bool, vocab_size: int, eos_id: int):
     """A causal LM from a folder, the hub, or fresh weights; user mistakes become UserError."""
     from transformers import AutoModelForCausalLM
 
@@ -114,7 +143,7 @@ def _chunked_cross_entropy(hidden, weight, target, grad_hidden: bool, grad_weigh
             if grad_hidden:
                 gh[start:start + len(t)] = grad @ w
             if grad_weight:
-                gw += (grad.T @ h).to(acc)
+                gw.add_(grad.T @ h)  # accumulates in fp32 without an fp32 copy of the product
     return total, gh, gw
 
 
@@ -129,7 +158,7 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
     so at most one chunk of logits exists at any time.
     """
 
-    CHUNK = 2048
+    CHUNK = 1024
 
     @staticmethod
     def forward(ctx, hidden, weight, target):
@@ -168,8 +197,11 @@ class AnswerLoss(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, attention_mask, position_ids, predict_at, targets):
-        body = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+    def forward(self, input_ids, position_ids, predict_at, targets):
+        # No attention mask: batches are padded on the right, and a causal model never
+        # lets a real token see a later (padding) one. Without a mask, attention takes
+        # the causal fast path (flash attention on a GPU) and no mask is ever built.
+        body = self.model.base_model(input_ids=input_ids, position_ids=position_ids)
         hidden = body.last_hidden_state.flatten(0, 1).index_select(0, predict_at)
         head = self.model.get_output_embeddings()
         if getattr(head, "bias", None) is not None:  # rare for causal LMs; fall back to the plain path
@@ -182,7 +214,7 @@ class AnswerLoss(nn.Module):
 
 def batch_loss(loss_fn, batch):
     """Summed loss of one Batch (train.data) under `loss_fn` (an AnswerLoss, possibly wrapped in DDP)."""
-    return loss_fn(batch.input_ids, batch.attention_mask, batch.position_ids, batch.predict_at, batch.targets)
+    return loss_fn(batch.input_ids, batch.position_ids, batch.predict_at, batch.targets)
 
 
 @torch.no_grad()
