@@ -72,6 +72,9 @@ def _classify(err: Exception, line: bytes = b"x") -> tuple[str, str]:
     return "invalid_json", detail
 
 
+PEEK_BYTES = 65536  # how far the format check looks
+
+
 class InputReader:
     """Reads one input file in batches of at most `batch_lines` lines."""
 
@@ -101,8 +104,19 @@ class InputReader:
         self.raw.close()
 
     def _is_array(self) -> bool:
-        head = self.stream.peek(4096)[:4096].lstrip(b"\xef\xbb\xbf \t\r\n")
-        return head[:1] == b"["
+        """A file starting with `[` is one JSON array, unless its first line is a whole JSON
+        value with more data after it: then it is NDJSON whose first record is a bare array."""
+        head = self.stream.peek(PEEK_BYTES)[:PEEK_BYTES].lstrip(b"\xef\xbb\xbf \t\r\n")
+        if head[:1] != b"[":
+            return False
+        first, newline, rest = head.partition(b"\n")
+        if not newline or not rest.strip():
+            return True
+        try:
+            msgspec.json.decode(first)
+        except msgspec.DecodeError:
+            return True  # "[" then the first element: a (pretty-printed) array
+        return False
 
     def batches(self) -> Iterator[Batch]:
         try:

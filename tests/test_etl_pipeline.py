@@ -127,6 +127,16 @@ def test_json_array_input_is_streamed(tmp_path):
     assert rejects(tmp_path / "out")[0]["line"] == 2
 
 
+def test_ndjson_whose_first_line_is_a_bare_array_is_still_read_line_by_line(tmp_path):
+    src = write_lines(tmp_path / "trn.json", ["[1, 2]", rec(uid="a"), rec(uid="b", content="Another good one here.")])
+    m = run_etl([src], tmp_path / "out", EtlConfig())
+    assert [r["uid"] for r in rows(tmp_path / "out")] == ["a", "b"]
+    assert m.lines_read == 3 and m.malformed_reasons == {"wrong_type": 1} and m.balanced()
+    one_line_array = tmp_path / "one_line.json"
+    one_line_array.write_text(json.dumps([rec(uid="c")]) + "\n")
+    assert run_etl([one_line_array], tmp_path / "out2", EtlConfig()).records_kept == 1
+
+
 def test_a_broken_json_array_keeps_the_elements_before_the_break(tmp_path):
     src = tmp_path / "trn_array.json"
     text = json.dumps([rec(uid="a"), rec(uid="b", content="Another good one here.")])
