@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -23,10 +24,13 @@ def write_lines(path: Path, items: list) -> Path:
     return path
 
 
+# No test may need the network. Set at import, so module-scoped fixtures are covered too.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+
 @pytest.fixture(autouse=True)
-def _plain_logs_and_no_network(monkeypatch):
+def _plain_logs(monkeypatch):
     monkeypatch.setenv("SHARDTUNE_PLAIN_LOGS", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no test may need the network
 
 
 @pytest.fixture(scope="session")
@@ -44,3 +48,17 @@ def etl_folder(tmp_path: Path, records: list[dict]) -> Path:
     src = write_lines(tmp_path / "trn.json", records)
     run_etl([src], tmp_path / "clean", EtlConfig(min_content_chars=1))
     return tmp_path / "clean"
+
+
+def synth_tokens(folder: Path, lines: int, seed: int, template: str | None = None) -> Path:
+    """`lines` generated products, cleaned, then tokenized to 64 tokens with a 10% validation split."""
+    from shardtune.etl.config import EtlConfig
+    from shardtune.etl.pipeline import run_etl
+    from shardtune.etl.synth import write_synth
+    from shardtune.train.tokenize import TokenizeConfig, run_tokenize
+
+    write_synth(folder / "trn.json", lines, seed=seed)
+    run_etl([folder / "trn.json"], folder / "clean", EtlConfig())
+    options = {"template": template} if template else {}
+    run_tokenize(folder / "clean", folder / "tokens", TokenizeConfig(max_length=64, val_fraction=0.1, **options))
+    return folder / "tokens"

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from conftest import synth_tokens
 from shardtune.cli import main
 from shardtune.infer.generate import Answerer, Sampling
 from shardtune.template import PromptTemplate
@@ -15,20 +16,11 @@ CUSTOM = "Product: {title}\nDescription: "
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A tiny model trained briefly on tokens made with a custom template."""
-    import os
-
-    from shardtune.etl.config import EtlConfig
-    from shardtune.etl.pipeline import run_etl
-    from shardtune.etl.synth import write_synth
     from shardtune.train.config import TrainConfig
     from shardtune.train.loop import run_train
-    from shardtune.train.tokenize import TokenizeConfig, run_tokenize
 
-    os.environ["HF_HUB_OFFLINE"] = "1"
     d = tmp_path_factory.mktemp("infer")
-    write_synth(d / "trn.json", 800, seed=4)
-    run_etl([d / "trn.json"], d / "clean", EtlConfig())
-    run_tokenize(d / "clean", d / "tokens", TokenizeConfig(max_length=64, val_fraction=0.1, template=CUSTOM))
+    synth_tokens(d, 800, seed=4, template=CUSTOM)
     run_train(d / "tokens", d / "run", TrainConfig(model="tiny", max_steps=30, batch_size=8, lr=2e-3, max_length=64,
                                                    eval_steps=1000, save_steps=1000, log_steps=10, eval_examples=32))
     return d

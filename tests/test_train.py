@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+from conftest import synth_tokens
 from shardtune.errors import UserError
 from shardtune.train.config import TrainConfig
 from shardtune.train.data import collate
@@ -19,17 +20,7 @@ from shardtune.train.tokens import TokenShards
 @pytest.fixture(scope="module")
 def tokens(tmp_path_factory):
     """~600 generated products, cleaned and tokenized to 64 tokens."""
-    from shardtune.etl.config import EtlConfig
-    from shardtune.etl.pipeline import run_etl
-    from shardtune.etl.synth import write_synth
-    from shardtune.train.tokenize import TokenizeConfig, run_tokenize
-
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    d = tmp_path_factory.mktemp("data")
-    write_synth(d / "trn.json", 1200, seed=11)
-    run_etl([d / "trn.json"], d / "clean", EtlConfig())
-    run_tokenize(d / "clean", d / "tokens", TokenizeConfig(max_length=64, val_fraction=0.1))
-    return d / "tokens"
+    return synth_tokens(tmp_path_factory.mktemp("data"), 1200, seed=11)
 
 
 def small(**kw) -> TrainConfig:
