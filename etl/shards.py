@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from shardtune.files import commit, tmp_path
+from shardtune.files import RollingShardWriter
 from shardtune.manifest import Shard
 
 SCHEMA = pa.schema([("uid", pa.string()), ("title", pa.string()), ("content", pa.string())])
@@ -29,47 +29,34 @@ def shard_name(index: int) -> str:
     return f"part-{index:05d}.parquet"
 
 
-class ShardWriter:
+class ShardWriter(RollingShardWriter):
     """Streams tables into fixed-size Parquet shards, each committed atomically."""
 
-    def __init__(self, folder: Path, shard_rows: int, schema: pa.Schema = SCHEMA, prefix: str = "part") -> None:
-        self.folder, self.shard_rows, self.schema = folder, shard_rows, schema
-        self.shards: list[Shard] = []
-        self._writer: pq.ParquetWriter | None = None
+    def __init__(self, folder: Path, shard_rows: int, schema: pa.Schema = SCHEMA) -> None:
+        super().__init__(folder)
+        self.shard_rows, self.schema = shard_rows, schema
         self._rows = 0
 
-    def _open(self) -> None:
-        path = self.folder / shard_name(len(self.shards))
-        self._writer = pq.ParquetWriter(tmp_path(path), self.schema, compression="zstd")
-        self._rows = 0
+    def _path(self) -> Path:
+        return self.folder / shard_name(len(self.shards))
 
-    def _close(self) -> None:
-        assert self._writer is not None
+    def _open_writer(self, tmp: Path) -> pq.ParquetWriter:
+        self._rows = 0
+        return pq.ParquetWriter(tmp, self.schema, compression="zstd")
+
+    def _close_writer(self) -> None:
         self._writer.close()
-        self._writer = None
-        path = self.folder / shard_name(len(self.shards))
-        commit(tmp_path(path), path)
-        self.shards.append(Shard(file=path.name, rows=self._rows, bytes=path.stat().st_size))
+
+    def _describe(self, path: Path) -> Shard:
+        return Shard(file=path.name, rows=self._rows, bytes=path.stat().st_size)
 
     def write(self, table: pa.Table) -> None:
         table = table.cast(self.schema)
         while table.num_rows:
-            if self._writer is None:
-                self._open()
+            self._ensure_open()
             take = min(self.shard_rows - self._rows, table.num_rows)
             self._writer.write_table(table.slice(0, take))
             self._rows += take
             table = table.slice(take)
             if self._rows == self.shard_rows:
-                self._close()
-
-    def close(self) -> list[Shard]:
-        if self._writer is not None:
-            self._close()
-        return self.shards
-
-    def abort(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            tmp_path(self.folder / shard_name(len(self.shards))).unlink(missing_ok=True)
-            self._writer = None
+                self._finish_shard()

@@ -53,6 +53,52 @@ def atomic_open(path: Path, mode: str = "w", **kwargs: Any) -> Iterator[Any]:
     commit(tmp, path)
 
 
+class RollingShardWriter:
+    """What every shard writer shares: the open shard is written under its temporary
+    name and renamed when full (or at close()), so a folder never holds a partial shard
+    under a final name; abort() deletes the open one. A subclass opens and closes its
+    format's writer and describes each finished shard for the manifest."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.shards: list = []  # one manifest entry per finished shard
+        self._writer: Any = None
+
+    def _path(self) -> Path:
+        raise NotImplementedError
+
+    def _open_writer(self, tmp: Path) -> Any:
+        raise NotImplementedError
+
+    def _close_writer(self) -> None:
+        raise NotImplementedError
+
+    def _describe(self, path: Path) -> Any:
+        raise NotImplementedError
+
+    def _ensure_open(self) -> None:
+        if self._writer is None:
+            self._writer = self._open_writer(tmp_path(self._path()))
+
+    def _finish_shard(self) -> None:
+        self._close_writer()
+        self._writer = None
+        path = self._path()
+        commit(tmp_path(path), path)
+        self.shards.append(self._describe(path))
+
+    def close(self) -> list:
+        if self._writer is not None:
+            self._finish_shard()
+        return self.shards
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._close_writer()
+            self._writer = None
+            tmp_path(self._path()).unlink(missing_ok=True)
+
+
 def write_json(path: Path, data: Any) -> None:
     with atomic_open(path, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2, ensure_ascii=False)

@@ -168,3 +168,16 @@ def test_worker_processes_write_the_same_shards_as_one_process(tmp_path):
     for split in ("train", "val"):
         for a, b in zip(one.shard_paths(tmp_path / "one", split), two.shard_paths(tmp_path / "two", split)):
             assert a.read_bytes() == b.read_bytes()
+
+
+def test_token_shards_roll_over_and_an_aborted_shard_leaves_no_file(tmp_path):
+    writer = TokenShardWriter(tmp_path / "train", np.dtype(np.uint16), shard_tokens=5)
+    writer.write(np.arange(6), np.array([2, 4]), np.array([1, 1]))  # 6 tokens >= 5: the shard is finished
+    writer.write(np.arange(3), np.array([3]), np.array([1]))  # a second shard, still open
+    assert sorted(p.name for p in (tmp_path / "train").iterdir()) == ["tokens-00000.arrow", "tokens-00001.arrow.tmp"]
+    writer.abort()
+    assert [p.name for p in (tmp_path / "train").iterdir()] == ["tokens-00000.arrow"]
+    assert writer.shards == [{"file": "train/tokens-00000.arrow", "examples": 2, "tokens": 6,
+                              "bytes": (tmp_path / "train" / "tokens-00000.arrow").stat().st_size}]
+    shards = TokenShards([tmp_path / "train" / "tokens-00000.arrow"])
+    assert [list(shards[i][0]) for i in range(len(shards))] == [[0, 1], [2, 3, 4, 5]]

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from shardtune.files import commit, tmp_path
+from shardtune.files import RollingShardWriter
 
 SHARD_GLOB = "tokens-*.arrow"
 
@@ -41,27 +41,38 @@ def schema(dtype: np.dtype) -> pa.Schema:
     return pa.schema([("input_ids", pa.list_(pa.from_numpy_dtype(dtype))), ("prompt_len", pa.int32())])
 
 
-class TokenShardWriter:
+class TokenShardWriter(RollingShardWriter):
     """Appends examples to `tokens-NNNNN.arrow` files of at most `shard_tokens` tokens each."""
 
     def __init__(self, folder: Path, dtype: np.dtype, shard_tokens: int) -> None:
-        self.folder, self.dtype, self.shard_tokens = folder, dtype, shard_tokens
+        super().__init__(folder)
+        self.dtype, self.shard_tokens = dtype, shard_tokens
         self.schema = schema(dtype)
-        self.shards: list[dict] = []
-        self._sink = self._writer = None
+        self._sink = None
         self._rows = self._tokens = 0
         folder.mkdir(parents=True, exist_ok=True)
 
     def _path(self) -> Path:
         return self.folder / f"tokens-{len(self.shards):05d}.arrow"
 
+    def _open_writer(self, tmp: Path) -> pa.ipc.RecordBatchStreamWriter:
+        self._rows = self._tokens = 0
+        self._sink = pa.OSFile(str(tmp), "wb")
+        return pa.ipc.new_stream(self._sink, self.schema)
+
+    def _close_writer(self) -> None:
+        self._writer.close()
+        self._sink.close()
+
+    def _describe(self, path: Path) -> dict:
+        return {"file": f"{self.folder.name}/{path.name}", "examples": self._rows, "tokens": self._tokens,
+                "bytes": path.stat().st_size}
+
     def write(self, values: np.ndarray, lengths: np.ndarray, prompt_lens: np.ndarray) -> None:
         """Append examples given as all their ids back to back plus each one's length."""
         if len(lengths) == 0:
             return
-        if self._writer is None:
-            self._sink = pa.OSFile(str(tmp_path(self._path())), "wb")
-            self._writer = pa.ipc.new_stream(self._sink, self.schema)
+        self._ensure_open()
         offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
         np.cumsum(lengths, out=offsets[1:])
         column = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.astype(self.dtype, copy=False)))
@@ -70,28 +81,7 @@ class TokenShardWriter:
         self._rows += len(lengths)
         self._tokens += int(offsets[-1])
         if self._tokens >= self.shard_tokens:
-            self._close()
-
-    def _close(self) -> None:
-        self._writer.close()
-        self._sink.close()
-        path = self._path()
-        commit(tmp_path(path), path)
-        self.shards.append({"file": f"{self.folder.name}/{path.name}", "examples": self._rows, "tokens": self._tokens,
-                            "bytes": path.stat().st_size})
-        self._writer = self._sink = None
-        self._rows = self._tokens = 0
-
-    def close(self) -> list[dict]:
-        if self._writer is not None:
-            self._close()
-        return self.shards
-
-    def abort(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._sink.close()
-            tmp_path(self._path()).unlink(missing_ok=True)
+            self._finish_shard()
 
 
 class TokenShards:
