@@ -8,7 +8,8 @@ CUDA caching allocator's 512-byte blocks: the same quantity as
 the AdamW state, as every step of a real run does.
 
 Where this differs from a GPU, and why it still tracks one:
-- CPU autocast casts the same kinds of ops to 16 bits as CUDA autocast does;
+- CPU autocast, like CUDA autocast, runs the matrix multiplications in 16 bits (its
+  lists of other ops differ a little);
 - attention runs a fused kernel, which like flash / memory-efficient attention on a
   GPU never stores the sequence x sequence matrix; those kernels regenerate their
   dropout mask from a seed, so it is run without dropout, which stores nothing more;
