@@ -143,6 +143,10 @@ def bench_memory(model: str, batch_size: int, max_length: int) -> int:
 
     if model != "tiny" and not is_gpt2_family(model):
         raise UserError(f"bench memory builds the GPT-2 family's shapes ({', '.join(GPT2_SHAPES)}), not {model!r}")
+    positions = GPT2_SHAPES[model.rstrip("/").split("/")[-1].lower()]["n_positions"]
+    if batch_size < 1 or not 2 <= max_length <= positions:
+        raise UserError(f"give --batch-size of 1 or more and --max-length from 2 to {positions:,} "
+                        f"(the positions {model} has)")
     rows = [
         ("shardtune train (bf16; fp16 on Turing)", estimate_peak_mb(
             shardtune_step, model, True, batch_size, max_length, torch.bfloat16)),

@@ -25,3 +25,11 @@ def test_a_distilgpt2_step_fits_a_6gb_card_with_room_and_beats_the_seed():
     seed = estimate_peak_mb(seed_step, "distilgpt2", False, 16, 256, torch.float16)
     params_grads_adam = 81_912_576 * 4 * 4 / 2**20  # fp32 weights, gradients and two AdamW moments
     assert params_grads_adam < ours < 4096 < seed
+
+
+def test_bench_memory_refuses_shapes_it_cannot_build(capsys):
+    from shardtune.cli import main
+
+    assert main(["bench", "memory", "--model", "llama"]) == 2
+    assert main(["bench", "memory", "--max-length", "2000"]) == 2
+    assert "from 2 to 1,024" in capsys.readouterr().err
