@@ -20,10 +20,12 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def add_config_flags(parser: argparse.ArgumentParser, config_cls: type, helps: dict[str, str]) -> None:
-    """One flag per config field, defaulting to None so the TOML file and defaults show through."""
+def add_config_flags(parser: argparse.ArgumentParser, section: str, config_cls: type, helps: dict[str, str]) -> None:
+    """--config FILE, then one flag per config field, defaulting to None so the TOML file's
+    [section] table and the defaults show through."""
     import dataclasses
 
+    parser.add_argument("--config", type=Path, metavar="FILE", help=f"TOML file; its [{section}] table sets defaults")
     for f in dataclasses.fields(config_cls):
         if f.name not in helps:
             continue
@@ -54,8 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "accounted for in DIR/manifest.json; malformed lines go to DIR/rejects.jsonl.")
     p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="catalogue file(s): NDJSON, .gz or a JSON array")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (new, empty, or an earlier etl output)")
-    p.add_argument("--config", type=Path, metavar="FILE", help="TOML file; its [etl] table sets defaults")
-    add_config_flags(p, EtlConfig, {
+    add_config_flags(p, "etl", EtlConfig, {
         "min_content_chars": "drop records whose cleaned content is shorter",
         "shard_rows": "rows per Parquet shard",
         "batch_lines": "lines processed at a time (bounds memory)",
@@ -71,9 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "already up to date.")
     p.add_argument("parquet_dir", type=Path, metavar="PARQUET_DIR", help="folder written by `shardtune etl`")
     p.add_argument("--out", type=Path, required=True, metavar="TOKENS_DIR", help="output folder")
-    p.add_argument("--config", type=Path, metavar="FILE", help="TOML file; its [tokenize] table sets defaults")
     p.add_argument("--template-file", type=Path, metavar="FILE", help="read the prompt template from this file")
-    add_config_flags(p, TokenizeConfig, {
+    add_config_flags(p, "tokenize", TokenizeConfig, {
         "tokenizer": "Hugging Face tokenizer name or folder",
         "max_length": "tokens per example (question kept whole, answer truncated)",
         "val_fraction": "share of products held out for validation",
@@ -94,8 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "`torchrun --nproc_per_node N` it trains with DistributedDataParallel.")
     p.add_argument("tokens_dir", type=Path, metavar="TOKENS_DIR", help="folder written by `shardtune tokenize`")
     p.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="run folder")
-    p.add_argument("--config", type=Path, metavar="FILE", help="TOML file; its [train] table sets defaults")
-    add_config_flags(p, TrainConfig, {
+    add_config_flags(p, "train", TrainConfig, {
         "model": "Hugging Face causal LM name or folder, or the preset 'tiny'",
         "from_scratch": "fresh weights in the named GPT-2-family architecture",
         "epochs": "passes over the training examples",
