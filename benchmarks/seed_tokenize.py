@@ -16,7 +16,7 @@ from shardtune.template import DEFAULT_TEMPLATE
 def run(parquet_dir: Path, out: Path, tokenizer_name: str = "distilgpt2", max_length: int = 256) -> int:
     from datasets import Dataset
 
-    from shardtune.train.tokenizer import load_tokenizer
+    from shardtune.tokens.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_name)
     tokenizer.pad_token = tokenizer.eos_token

@@ -19,10 +19,10 @@ import torch
 def run(etl_dir: Path, out: Path, model_name: str, from_scratch: bool, steps: int, batch_size: int) -> dict:
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
 
+    from shardtune.models import load_model
     from shardtune.template import DEFAULT_TEMPLATE
-    from shardtune.train.loop import cap_gpu_memory
-    from shardtune.train.model import load_model
-    from shardtune.train.tokenizer import load_tokenizer
+    from shardtune.tokens.tokenizer import load_tokenizer
+    from shardtune.train.device import cap_gpu_memory
 
     cuda = torch.cuda.is_available()
     if cuda:
@@ -37,7 +37,8 @@ def run(etl_dir: Path, out: Path, model_name: str, from_scratch: bool, steps: in
     real_per_example = sum(sum(m) for m in enc["attention_mask"]) / len(examples)
 
     torch.manual_seed(42)
-    model = load_model(model_name, from_scratch, len(tokenizer), tokenizer.eos_token_id, fast_gelu=False)
+    model = load_model(model_name, from_scratch=from_scratch, vocab_size=len(tokenizer),
+                       eos_id=tokenizer.eos_token_id, prepare=False)
     marks: dict[int, float] = {}
 
     class Clock(TrainerCallback):
@@ -61,6 +62,19 @@ def run(etl_dir: Path, out: Path, model_name: str, from_scratch: bool, steps: in
               "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None}
     (out / "result.json").write_text(json.dumps(result))
     return result
+
+
+def seed_step(model, batch: int, length: int, dtype: torch.dtype):
+    """What the seed's Trainer step allocates: Hugging Face's own loss over all padded positions."""
+    input_ids = torch.zeros(batch, length, dtype=torch.long)
+    mask = torch.ones(batch, length, dtype=torch.long)
+
+    def step():
+        with torch.autocast("cpu", dtype=dtype):
+            loss = model(input_ids=input_ids, attention_mask=mask, labels=input_ids).loss
+        loss.backward()
+
+    return step
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """Record filters. Each is a small class that answers, for a whole cleaned batch,
-which rows it drops; its `reason` is the name counted in the manifest.
+which rows it drops; its `reason` is the name counted in the manifest. A filter
+that remembers what it let through (duplicates) does so in `kept()`, which is told
+the rows that passed every filter.
 
 Filters run in order and a row is charged to the first filter that drops it, so
 the counts add up: kept + sum(dropped) == records parsed.
@@ -17,6 +19,9 @@ class Filter:
     def drops(self, df: pl.DataFrame) -> pl.Series:
         """A boolean Series: True where the row is dropped for `self.reason`."""
         raise NotImplementedError
+
+    def kept(self, df: pl.DataFrame) -> None:
+        """The rows of the batch that passed every filter, in input order (a no-op by default)."""
 
 
 class EmptyTitle(Filter):
@@ -70,25 +75,25 @@ class ExactDuplicate(Filter):
     reason = "duplicate"
 
     def __init__(self) -> None:
-        self.seen = np.empty(0, dtype=np.uint64)
+        self.seen = np.empty(0, dtype=np.uint64)  # sorted hashes of every record kept so far
+
+    @staticmethod
+    def _hashes(df: pl.DataFrame) -> pl.Series:
+        return df.select(pl.struct("title", "content").hash(seed=0x5EED)).to_series()
 
     def drops(self, df: pl.DataFrame) -> pl.Series:
-        hashes = df.select(pl.struct("title", "content").hash(seed=0x5EED)).to_series()
+        hashes = self._hashes(df)
         repeat_in_batch = hashes.is_duplicated() & ~hashes.is_first_distinct()
         values = hashes.to_numpy()
-        self._batch = values
-        pos = np.searchsorted(self.seen, values)
-        pos_clipped = np.minimum(pos, max(len(self.seen) - 1, 0))
-        seen_before = (self.seen[pos_clipped] == values) if len(self.seen) else np.zeros(len(values), bool)
-        drop = repeat_in_batch.to_numpy() | seen_before
-        return pl.Series(self.reason, drop)
+        pos = np.minimum(np.searchsorted(self.seen, values), max(len(self.seen) - 1, 0))
+        seen_before = (self.seen[pos] == values) if len(self.seen) else np.zeros(len(values), bool)
+        return pl.Series(self.reason, repeat_in_batch.to_numpy() | seen_before)
 
-    def remember(self, keep: np.ndarray) -> None:
-        """Called with the mask of the last batch's rows that survived every filter."""
-        if keep.any():
+    def kept(self, df: pl.DataFrame) -> None:
+        if df.height:
             # Both parts are sorted, so the stable sort (timsort) is a linear merge;
             # np.union1d would re-sort everything on every batch.
-            merged = np.concatenate([self.seen, np.sort(self._batch[keep])])
+            merged = np.concatenate([self.seen, np.sort(self._hashes(df).to_numpy())])
             merged.sort(kind="stable")
             self.seen = merged
 
@@ -109,7 +114,5 @@ def apply_filters(df: pl.DataFrame, filters: list[Filter]) -> tuple[pl.DataFrame
     keep = reason.is_null()
     kept = df.filter(keep)
     for f in filters:
-        if isinstance(f, ExactDuplicate):
-            f.remember(keep.to_numpy())
-    dropped = df.with_columns(reason).filter(~keep)
-    return kept, counts, dropped
+        f.kept(kept)
+    return kept, counts, df.with_columns(reason).filter(~keep)

@@ -92,9 +92,8 @@ class InputReader:
             raise UserError(f"cannot read input file {path}: permission denied") from None
         except OSError as e:
             raise UserError(f"cannot read input file {path}: {e.strerror or e}") from None
-        self.size = path.stat().st_size
-        magic = self.raw.read(2)
-        self.raw.seek(0)
+        self.size = path.stat().st_size  # 0 for a pipe: its progress shows no total
+        magic = self.raw.peek(2)[:2]  # peek, not read + seek: a pipe cannot seek
         # GzipFile buffers by itself and hands over every line decoded before a
         # truncated end; a larger buffer on top would lose the lines around the break.
         self.stream: BinaryIO = gzip.GzipFile(fileobj=self.raw, mode="rb") if magic == b"\x1f\x8b" else self.raw
@@ -102,6 +101,13 @@ class InputReader:
     def close(self) -> None:
         self.stream.close()
         self.raw.close()
+
+    def _consumed(self) -> int:
+        """Bytes of the (compressed) input read so far; 0 where a pipe cannot tell."""
+        try:
+            return self.raw.tell()
+        except OSError:
+            return 0
 
     def _is_array(self) -> bool:
         """A file starting with `[` is one JSON array, unless its first line is a whole JSON
@@ -186,7 +192,7 @@ class InputReader:
                     batch.malformed.append(Malformed(lineno, "line_too_long", f"line longer than {limit} bytes",
                                                      line[:REJECT_BYTES]))
                 if batch.lines >= self.batch_lines:
-                    batch.position = self.raw.tell()
+                    batch.position = self._consumed()
                     yield batch
                     batch = Batch()
                     keep = batch.records.append
@@ -215,7 +221,7 @@ class InputReader:
                 raw = msgspec.json.encode(obj)[:REJECT_BYTES] if _encodable(obj) else repr(obj).encode()[:REJECT_BYTES]
                 batch.malformed.append(Malformed(index, *_classify(e), raw))
             if batch.lines >= self.batch_lines:
-                batch.position = self.raw.tell()
+                batch.position = self._consumed()
                 yield batch
                 batch = Batch()
         batch.position = self.size

@@ -5,7 +5,7 @@ Layout of an ETL output folder:
     DIR/part-00000.parquet   uid, title, content (UTF-8 strings), zstd, `shard_rows` rows
     DIR/part-00001.parquet   ... the last shard holds the remainder
     DIR/rejects.jsonl        {"file", "line", "reason", "raw"} per malformed line
-    DIR/dropped.parquet      optional (--keep-dropped): filtered records with their reason
+    DIR/dropped-00000.parquet  optional (--keep-dropped): filtered records and a `reason` column
     DIR/manifest.json        written last: its presence means the folder is complete
 
 Each shard is written as `part-NNNNN.parquet.tmp` and renamed when closed.
@@ -22,23 +22,20 @@ from shardtune.files import RollingShardWriter
 from shardtune.manifest import Shard
 
 SCHEMA = pa.schema([("uid", pa.string()), ("title", pa.string()), ("content", pa.string())])
-OWNED_FILES = ("part-*.parquet", "rejects.jsonl", "dropped.parquet", "manifest.json")
-
-
-def shard_name(index: int) -> str:
-    return f"part-{index:05d}.parquet"
+DROPPED_SCHEMA = SCHEMA.append(pa.field("reason", pa.string()))
+OWNED_FILES = ("part-*.parquet", "rejects.jsonl", "dropped-*.parquet", "manifest.json")
 
 
 class ShardWriter(RollingShardWriter):
-    """Streams tables into fixed-size Parquet shards, each committed atomically."""
+    """Streams tables into fixed-size Parquet shards `PREFIX-NNNNN.parquet`, each committed atomically."""
 
-    def __init__(self, folder: Path, shard_rows: int, schema: pa.Schema = SCHEMA) -> None:
+    def __init__(self, folder: Path, shard_rows: int, schema: pa.Schema = SCHEMA, prefix: str = "part") -> None:
         super().__init__(folder)
-        self.shard_rows, self.schema = shard_rows, schema
+        self.shard_rows, self.schema, self.prefix = shard_rows, schema, prefix
         self._rows = 0
 
     def _path(self) -> Path:
-        return self.folder / shard_name(len(self.shards))
+        return self.folder / f"{self.prefix}-{len(self.shards):05d}.parquet"
 
     def _open_writer(self, tmp: Path) -> pq.ParquetWriter:
         self._rows = 0

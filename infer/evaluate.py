@@ -8,11 +8,9 @@ token limit. Writes report.json, report.md and, for a shardtune run, loss.png.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,17 +21,10 @@ from shardtune.console import log
 from shardtune.errors import UserError
 from shardtune.files import atomic_open, write_json
 from shardtune.manifest import TokensManifest
+from shardtune.template import PromptTemplate
 
-from .generate import Answerer, Sampling
-
-
-@dataclass
-class EvalConfig:
-    samples: int = 100  # validation products answered by both models
-    eval_examples: int = 1000  # validation examples for perplexity (0: all)
-    max_new_tokens: int = 96
-    seed: int = 0
-    batch_size: int = 16
+from .config import EvalConfig
+from .generate import Answerer
 
 
 def token_f1(prediction: str, reference: str) -> float:
@@ -47,7 +38,7 @@ def token_f1(prediction: str, reference: str) -> float:
 
 def answer_perplexity(answerer: Answerer, val, n: int, batch_size: int) -> float:
     from shardtune.train.data import collate, epoch_batches
-    from shardtune.train.model import AnswerLoss, batch_loss, summed_loss
+    from shardtune.train.loss import AnswerLoss, batch_loss, summed_loss
 
     loss_fn = AnswerLoss(answerer.model)
     batches = (collate(val, idx, answerer.context, "answer", answerer.eos).to(answerer.device)
@@ -56,17 +47,24 @@ def answer_perplexity(answerer: Answerer, val, n: int, batch_size: int) -> float
     return math.exp(min(total / max(tokens, 1), 50))
 
 
-def _title_of(prompt: str, template_text: str) -> str:
-    before, after = template_text.split("{title}", 1)
-    return prompt.removeprefix(before).removesuffix(after.rstrip(" ")).strip()
+def check_vocabulary(answerer: Answerer, manifest: TokensManifest, name: str) -> None:
+    """The shards' ids must mean the same to the model: same tokenizer vocabulary."""
+    model_vocab = answerer.model.get_input_embeddings().num_embeddings
+    tokenizer_vocab = len(answerer.tokenizer)
+    if model_vocab < manifest.vocab_size or tokenizer_vocab != manifest.vocab_size or \
+            answerer.eos != manifest.eos_id:
+        raise UserError(f"model {name!r} does not read these shards: they were tokenized with "
+                        f"{manifest.tokenizer!r} ({manifest.vocab_size:,} tokens, EOS {manifest.eos_id}) but its "
+                        f"tokenizer has {tokenizer_vocab:,} tokens (EOS {answerer.eos}); compare models that share "
+                        "the shards' tokenizer")
 
 
 def run_eval(base: str, tuned: str, data: Path, out: Path, config: EvalConfig | None = None) -> dict:
     from rouge_score import rouge_scorer
 
-    from shardtune.train.tokens import TokenShards
+    from shardtune.tokens.shards import TokenShards
 
-    config = config or EvalConfig()
+    config = (config or EvalConfig()).check()
     manifest = TokensManifest.read(data)
     val = TokenShards(manifest.shard_paths(data, "val"))
     if len(val) == 0:
@@ -74,18 +72,22 @@ def run_eval(base: str, tuned: str, data: Path, out: Path, config: EvalConfig | 
     rng = np.random.default_rng(config.seed)
     picks = sorted(rng.choice(len(val), size=min(config.samples, len(val)), replace=False).tolist())
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
-    sampling = Sampling(max_new_tokens=config.max_new_tokens, temperature=0.0, repetition_penalty=1.2, seed=config.seed)
+    sampling = config.sampling()
+    template = PromptTemplate(manifest.template)
     n_ppl = len(val) if not config.eval_examples else min(config.eval_examples, len(val))
     results: dict[str, dict] = {}
     answers: dict[str, list[dict]] = {}
     questions = references = None
+    run_dir = None
     for role, name in (("base", base), ("tuned", tuned)):
         log(f"eval: {role} model {name} ...")
         answerer = Answerer.load(name)
+        check_vocabulary(answerer, manifest, name)
+        run_dir = answerer.run_dir or run_dir
         if questions is None:
             decode = lambda ids: answerer.tokenizer.decode(ids.tolist(), skip_special_tokens=True)  # noqa: E731
             pairs = [val[i] for i in picks]
-            questions = [_title_of(decode(ids[:p]), manifest.template) for ids, p in pairs]
+            questions = [template.title_of(decode(ids[:p])) for ids, p in pairs]
             references = [decode(ids[p:]).strip() for ids, p in pairs]
         outs = []
         for start in range(0, len(questions), config.batch_size):
@@ -98,27 +100,30 @@ def run_eval(base: str, tuned: str, data: Path, out: Path, config: EvalConfig | 
                          "eos_rate": float(np.mean([o["stopped_at_eos"] for o in outs]))}
     samples = [{"question": q, "reference": r, "base": b["answer"], "tuned": t["answer"]}
                for q, r, b, t in zip(questions, references, answers["base"], answers["tuned"])]
-    report = {**results, "samples": samples, "config": vars(config), "data": str(data),
+    report = {**results, "samples": samples, "config": config.to_dict(), "data": str(data),
               "perplexity_examples": n_ppl}
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "report.json", report)
-    curve = plot_losses(Path(tuned).parent / "metrics.jsonl", out / "loss.png")
+    curve = plot_losses(run_dir, out / "loss.png") if run_dir else None
     _write_markdown(out / "report.md", report, curve)
     _print_headline(results)
     return report
 
 
-def plot_losses(metrics: Path, png: Path) -> Path | None:
-    if not metrics.exists():
+def plot_losses(run_dir: Path, png: Path) -> Path | None:
+    """Training and validation loss of the run, from its metrics.jsonl; None if it logged nothing."""
+    from shardtune.train.metrics import MetricsLog
+
+    metrics = MetricsLog(run_dir)
+    train = [(e["step"], e["loss"]) for e in metrics.read("train")]
+    val = [(e["step"], e["val_loss"]) for e in metrics.read("eval")]
+    if not train and not val:
         return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    entries = [json.loads(line) for line in metrics.read_text().splitlines()]
-    train = [(e["step"], e["loss"]) for e in entries if e["type"] == "train"]
-    val = [(e["step"], e["val_loss"]) for e in entries if e["type"] == "eval"]
     fig, ax = plt.subplots(figsize=(7, 4))
     if train:
         ax.plot(*zip(*train), label="training loss (answer tokens)")

@@ -9,79 +9,37 @@ Hugging Face causal LM is asked in the default template.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from shardtune.console import log, meter
 from shardtune.errors import UserError
-from shardtune.manifest import RunInfo
-from shardtune.template import DEFAULT_TEMPLATE, PromptTemplate
+from shardtune.template import PromptTemplate
 
-
-@dataclass
-class Sampling:
-    max_new_tokens: int = 128
-    temperature: float = 0.7  # 0 means greedy
-    top_p: float = 0.9
-    top_k: int = 50
-    repetition_penalty: float = 1.2
-    seed: int = 0
-
-    def kwargs(self) -> dict:
-        if self.temperature <= 0:
-            return {"do_sample": False, "max_new_tokens": self.max_new_tokens,
-                    "repetition_penalty": self.repetition_penalty}
-        return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
-                "repetition_penalty": self.repetition_penalty, "max_new_tokens": self.max_new_tokens}
+from .config import GenerateConfig
 
 
 class Answerer:
     """A model, its tokenizer and its template, ready to answer questions."""
 
-    def __init__(self, model, tokenizer, template: PromptTemplate, context: int) -> None:
+    def __init__(self, model, tokenizer, template: PromptTemplate, context: int, run_dir: Path | None = None) -> None:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
         self.template = template
         self.context = context
+        self.run_dir = run_dir  # the run that trained the model, when shardtune did
         self.eos = tokenizer.eos_token_id
         self._warned = False
 
     @classmethod
     def load(cls, name: str) -> "Answerer":
-        from transformers import AutoModelForCausalLM
+        """A run's final/ folder, any Hugging Face causal LM folder or hub name, or a preset."""
+        from shardtune.models import load_for_inference
 
-        from shardtune.hub import is_local, quiet_transformers
-        from shardtune.train.tokenizer import load_tokenizer
-
-        quiet_transformers()
-        path = Path(name).expanduser()
-        if name == "tiny":  # the preset's fresh weights, as `shardtune train --model tiny` starts from
-            from shardtune.train.model import fresh_gpt2
-
-            torch.manual_seed(42)
-            return cls(fresh_gpt2("tiny"), load_tokenizer("gpt2"), PromptTemplate(), 512)
-        if not is_local(name) and ("/" in name or name.startswith(".")):
-            raise UserError(f"model folder not found: {name}")
-        info = RunInfo.read(path) if path.is_dir() else None
-        if is_local(name):
-            if not (path / "config.json").exists():
-                raise UserError(f"{name} is not a model folder (no config.json); give a run's final/ folder")
-            try:
-                model = AutoModelForCausalLM.from_pretrained(path)
-            except (OSError, ValueError, KeyError) as e:
-                raise UserError(f"{name} is not a causal language model: {str(e).splitlines()[0]}") from None
-        else:
-            from shardtune.train.model import load_model
-
-            tok = load_tokenizer(name)
-            model = load_model(name, False, len(tok), tok.eos_token_id)
-        tokenizer = load_tokenizer(str(path) if is_local(name) else name)
-        template = PromptTemplate(info.template if info else DEFAULT_TEMPLATE)
-        context = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", 1024)
-        return cls(model, tokenizer, template, int(context))
+        loaded = load_for_inference(name)
+        return cls(loaded.model, loaded.tokenizer, loaded.template, loaded.context, loaded.run_dir)
 
     def prompt_ids(self, question: str, max_new_tokens: int) -> list[int]:
         question = question.strip()
@@ -93,17 +51,17 @@ class Answerer:
         if len(ids) > room:
             # keep the template around the title whole and cut the title from the left
             encode = lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-            before, after = self.template.text.split("{title}", 1)
-            fixed = len(encode(before)) + len(encode(after.rstrip(" ")))
+            before, after = self.template.around()
+            fixed = len(encode(before)) + len(encode(after))
             keep = max(1, room - fixed)
             if not self._warned:
                 log(f"generate: a question is longer than the model's context; keeping its last {keep} tokens")
                 self._warned = True
-            ids = encode(before) + encode(question)[-keep:] + encode(after.rstrip(" "))
+            ids = encode(before) + encode(question)[-keep:] + encode(after)
         return ids
 
     @torch.no_grad()
-    def answer(self, questions: list[str], sampling: Sampling, stream: bool = False) -> list[dict]:
+    def answer(self, questions: list[str], sampling: GenerateConfig, stream: bool = False) -> list[dict]:
         """Answers for a batch of questions (left-padded), each with whether it stopped at EOS."""
         torch.manual_seed(sampling.seed)
         prompts = [self.prompt_ids(q, sampling.max_new_tokens) for q in questions]
@@ -117,7 +75,7 @@ class Answerer:
 
             streamer = TextStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         out = self.model.generate(input_ids=input_ids, attention_mask=mask, pad_token_id=pad, eos_token_id=self.eos,
-                                  streamer=streamer, **sampling.kwargs())
+                                  streamer=streamer, **sampling.sampling_kwargs())
         results = []
         for q, row in zip(questions, out[:, longest:].tolist()):
             stopped = self.eos in row
@@ -153,15 +111,16 @@ def read_questions(path: Path) -> list[str]:
     return questions
 
 
-def answer_file(answerer: Answerer, src: Path, dst: Path, sampling: Sampling, batch_size: int) -> int:
+def answer_file(answerer: Answerer, src: Path, dst: Path, sampling: GenerateConfig) -> int:
     from shardtune.files import atomic_open
 
     questions = read_questions(src)
+    size = sampling.batch_size
     with atomic_open(dst, "w", encoding="utf-8") as f, meter("generate", len(questions), "questions",
                                                              ("questions",)) as progress:
-        for start in range(0, len(questions), batch_size):
-            for result in answerer.answer(questions[start:start + batch_size], sampling):
+        for start in range(0, len(questions), size):
+            for result in answerer.answer(questions[start:start + size], sampling):
                 f.write(json.dumps(result, ensure_ascii=False) + "\n")
-            done = min(start + batch_size, len(questions))
+            done = min(start + size, len(questions))
             progress.update(done, questions=done)
     return len(questions)

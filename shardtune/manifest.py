@@ -84,12 +84,20 @@ TOKENS_FORMAT = "shardtune.tokens/1"
 
 
 @dataclass
+class TokenShard:
+    file: str  # relative to the tokens folder: "train/tokens-00000.arrow"
+    examples: int
+    tokens: int
+    bytes: int
+
+
+@dataclass
 class SplitStats:
     examples: int = 0
     tokens: int = 0
     answer_tokens: int = 0
     truncated: int = 0  # answers cut to fit max_length (these end without EOS)
-    shards: list[dict] = field(default_factory=list)  # {"file", "examples", "tokens", "bytes"}
+    shards: list[TokenShard] = field(default_factory=list)
 
 
 @dataclass
@@ -121,11 +129,12 @@ class TokensManifest:
     @classmethod
     def read(cls, folder: Path) -> "TokensManifest":
         data = _read_manifest(folder, TOKENS_FORMAT, "token manifest", "tokenize")
-        data["splits"] = {k: SplitStats(**v) for k, v in data["splits"].items()}
+        data["splits"] = {k: SplitStats(**{**v, "shards": [TokenShard(**s) for s in v["shards"]]})
+                          for k, v in data["splits"].items()}
         return _build(cls, data)
 
     def shard_paths(self, folder: Path, split: str) -> list[Path]:
-        return [folder / s["file"] for s in self.splits[split].shards]
+        return [folder / s.file for s in self.splits[split].shards]
 
 
 RUN_INFO = "shardtune.json"
@@ -142,6 +151,7 @@ class RunInfo:
     max_length: int
     train_config: dict[str, Any]
     tokens_dir: str
+    run_dir: str = ""  # the run folder (metrics.jsonl, checkpoints), as an absolute path
     format: str = "shardtune.run/1"
     shardtune_version: str = __version__
 

@@ -47,6 +47,17 @@ class PromptTemplate:
         prompt = full.rstrip(" ")
         return prompt, full[len(prompt):]
 
+    def around(self) -> tuple[str, str]:
+        """(text before {title}, text after it up to the answer): what a prompt keeps whole
+        when a long title has to be cut."""
+        before, after = self.text.split("{title}", 1)
+        return before, after.rstrip(" ")
+
+    def title_of(self, prompt: str) -> str:
+        """The title inside a prompt this template made (the inverse of prompt())."""
+        before, after = self.around()
+        return prompt.removeprefix(before).removesuffix(after).strip()
+
     @property
     def hash(self) -> str:
         return hashlib.sha256(self.text.encode()).hexdigest()[:16]

@@ -35,7 +35,7 @@ def _plain_logs(monkeypatch):
 
 @pytest.fixture(scope="session")
 def gpt2_tokenizer():
-    from shardtune.train.tokenizer import load_tokenizer
+    from shardtune.tokens.tokenizer import load_tokenizer
 
     return load_tokenizer("distilgpt2")
 
@@ -54,8 +54,9 @@ def synth_tokens(folder: Path, lines: int, seed: int, template: str | None = Non
     """`lines` generated products, cleaned, then tokenized to 64 tokens with a 10% validation split."""
     from shardtune.etl.config import EtlConfig
     from shardtune.etl.pipeline import run_etl
-    from shardtune.etl.synth import write_synth
-    from shardtune.train.tokenize import TokenizeConfig, run_tokenize
+    from shardtune.data.synth import write_synth
+    from shardtune.tokens.config import TokenizeConfig
+    from shardtune.tokens.tokenize import run_tokenize
 
     write_synth(folder / "trn.json", lines, seed=seed)
     run_etl([folder / "trn.json"], folder / "clean", EtlConfig())

@@ -3,7 +3,8 @@
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from shardtune.benchmarks.gpu_memory import LiveBytes, estimate_peak_mb, seed_step, shardtune_step
+from shardtune.benchmarks.seed_train import seed_step
+from shardtune.train.memory import LiveBytes, estimate_peak_mb, shardtune_step
 
 
 def test_live_bytes_counts_what_is_alive_in_allocator_blocks():
@@ -13,9 +14,11 @@ def test_live_bytes_counts_what_is_alive_in_allocator_blocks():
         b = torch.empty(10)  # 40 bytes: one block
         view = a[:10]  # a view allocates nothing
         del a, view  # freed: no longer counted
-        c = torch.empty(100)
-        assert tracker.live == 1024 and b.numel() + c.numel() == 110
-    assert tracker.peak == 4096 + 512
+        c = torch.empty(100)  # 400 bytes: one block
+        assert tracker.live == 1024  # b and c
+        del c
+        assert tracker.live == 512
+    assert tracker.peak == 4096 + 512 and b.shape == (10,)
 
 
 def test_a_distilgpt2_step_fits_a_6gb_card_with_room_and_beats_the_seed():
@@ -31,5 +34,6 @@ def test_bench_memory_refuses_shapes_it_cannot_build(capsys):
     from shardtune.cli import main
 
     assert main(["bench", "memory", "--model", "llama"]) == 2
+    assert "builds these shapes" in capsys.readouterr().err
     assert main(["bench", "memory", "--max-length", "2000"]) == 2
     assert "from 2 to 1,024" in capsys.readouterr().err

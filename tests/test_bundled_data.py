@@ -4,7 +4,7 @@ from pathlib import Path
 
 from shardtune.etl.config import EtlConfig
 from shardtune.etl.pipeline import run_etl
-from shardtune.etl.synth import synth_lines
+from shardtune.data.synth import synth_lines
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample_trn.json"
 

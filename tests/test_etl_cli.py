@@ -11,7 +11,7 @@ import pytest
 
 from conftest import rec, write_lines
 from shardtune.cli import main
-from shardtune.etl.synth import synth_lines, write_synth
+from shardtune.data.synth import synth_lines, write_synth
 
 
 def shardtune(*args, **kw):
@@ -61,23 +61,30 @@ def test_config_file_with_flag_override(tmp_path, capsys):
     assert "unknown key 'min_chars'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_killed_run_is_detected_and_replaced_by_the_next(tmp_path):
-    src = tmp_path / "trn.json"
-    write_synth(src, 60_000, seed=5)
-    out = tmp_path / "out"
-    args = [sys.executable, "-m", "shardtune.cli", "etl", str(src), "--out", str(out), "--batch-lines", "2000",
-            "--shard-rows", "2000"]
+    # The input is a pipe that this test feeds, so the kill lands mid-run for certain:
+    # the rest of the input has not even been written when it comes.
+    lines = list(synth_lines(20_000, seed=5))
+    src, fifo, out = tmp_path / "trn.json", tmp_path / "trn.fifo", tmp_path / "out"
+    src.write_bytes(b"".join(line + b"\n" for line in lines))
+    os.mkfifo(fifo)
+    args = [sys.executable, "-m", "shardtune.cli", "etl", str(fifo), "--out", str(out), "--batch-lines", "2000",
+            "--shard-rows", "500"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while not list(out.glob("part-00001.parquet")) and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    if not (out / "manifest.json").exists():  # killed mid-run: incomplete, and visibly so
-        assert list(out.glob("part-*.parquet"))
-    assert shardtune("etl", src, "--out", out, "--shard-rows", 2000).returncode == 0
+    with open(fifo, "wb") as feed:
+        feed.write(b"".join(line + b"\n" for line in lines[:10_000]))
+        feed.flush()
+        deadline = time.time() + 60
+        while not (out / "part-00001.parquet").exists() and time.time() < deadline:
+            time.sleep(0.01)
+        assert proc.poll() is None  # still waiting for the rest of its input
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert (out / "part-00001.parquet").exists() and not (out / "manifest.json").exists()  # incomplete, visibly
+    assert shardtune("etl", src, "--out", out, "--shard-rows", 500).returncode == 0
     clean = tmp_path / "clean"
-    assert shardtune("etl", src, "--out", clean, "--shard-rows", 2000).returncode == 0
+    assert shardtune("etl", src, "--out", clean, "--shard-rows", 500).returncode == 0
     names = sorted(p.name for p in clean.iterdir())
     assert sorted(p.name for p in out.iterdir()) == names
     for name in names:

@@ -55,7 +55,7 @@ def test_duplicates_are_found_across_batches_and_dropped_rows_can_be_kept(tmp_pa
                                               rec(uid="c"), rec(uid="d", content="x")])
     m = run_etl([src], tmp_path / "out", EtlConfig(batch_lines=1, keep_dropped=True))
     assert m.dropped["duplicate"] == 1 and m.records_kept == 2
-    dropped = pl.read_parquet(tmp_path / "out" / "dropped.parquet")
+    dropped = pl.read_parquet(tmp_path / "out" / "dropped-*.parquet")
     assert dropped.select("uid", "reason").rows() == [("c", "duplicate"), ("d", "short_content")]
 
 
@@ -147,7 +147,7 @@ def test_a_broken_json_array_keeps_the_elements_before_the_break(tmp_path):
 
 
 def test_reruns_are_deterministic_and_replace_the_old_output(tmp_path):
-    from shardtune.etl.synth import write_synth
+    from shardtune.data.synth import write_synth
 
     src = tmp_path / "trn.json"
     write_synth(src, 3000, seed=3, malformed_rate=0.01)

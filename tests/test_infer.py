@@ -7,7 +7,8 @@ import torch
 
 from conftest import synth_tokens
 from shardtune.cli import main
-from shardtune.infer.generate import Answerer, Sampling
+from shardtune.infer.config import EvalConfig, GenerateConfig
+from shardtune.infer.generate import Answerer
 from shardtune.template import PromptTemplate
 
 CUSTOM = "Product: {title}\nDescription: "
@@ -45,7 +46,7 @@ class StubModel(torch.nn.Module):
 
 def test_answers_stop_at_eos_and_hide_it(gpt2_tokenizer):
     answerer = Answerer(StubModel(), gpt2_tokenizer, PromptTemplate(), 64)
-    (result,) = answerer.answer(["Adult Ballet Tutu Yellow"], Sampling(max_new_tokens=5, temperature=0))
+    (result,) = answerer.answer(["Adult Ballet Tutu Yellow"], GenerateConfig(max_new_tokens=5, temperature=0))
     assert result == {"question": "Adult Ballet Tutu Yellow", "answer": gpt2_tokenizer.decode([314, 716, 257]).strip(),
                       "stopped_at_eos": True, "new_tokens": 3}
 
@@ -92,7 +93,7 @@ def test_bad_input_is_one_line_and_exit_2(run, tmp_path, capsys, args, message):
 
 
 def test_eval_reports_both_models(run, tmp_path):
-    from shardtune.infer.evaluate import EvalConfig, run_eval
+    from shardtune.infer.evaluate import run_eval
 
     report = run_eval("tiny", str(run / "run" / "final"), run / "tokens", tmp_path / "eval",
                       EvalConfig(samples=4, eval_examples=32, max_new_tokens=16))
@@ -113,12 +114,31 @@ def test_token_f1():
     assert token_f1("soft tutu", "soft cotton tutu") == pytest.approx(0.8)
 
 
-def test_demo_runs_the_whole_pipeline(tmp_path):
-    from shardtune.infer.demo import run_demo
+def test_eval_refuses_a_base_model_whose_vocabulary_is_not_the_shards(run, tmp_path):
+    import shutil
 
-    result = run_demo(tmp_path / "demo", None, "tiny", steps=20, samples=3)
-    evals = [e for e in map(json.loads, (tmp_path / "demo" / "run" / "metrics.jsonl").read_text().splitlines())
-             if e["type"] == "eval"]
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from shardtune.errors import UserError
+    from shardtune.infer.evaluate import run_eval
+
+    small = tmp_path / "small-vocab"  # GPT-2's tokenizer, but an embedding of 1,000 tokens
+    GPT2LMHeadModel(GPT2Config(vocab_size=1000, n_layer=1, n_head=2, n_embd=32)).save_pretrained(small)
+    for f in (run / "run" / "final").glob("*token*"):
+        shutil.copy(f, small / f.name)
+    with pytest.raises(UserError, match="does not read these shards"):
+        run_eval(str(small), str(run / "run" / "final"), run / "tokens", tmp_path / "eval", EvalConfig(samples=2))
+
+
+@pytest.mark.slow
+def test_demo_runs_the_whole_pipeline(tmp_path):
+    from shardtune.demo import DemoConfig, run_demo
+    from shardtune.train.metrics import MetricsLog
+
+    result = run_demo(tmp_path / "demo", None, DemoConfig(steps=20, samples=3))
+    evals = MetricsLog(tmp_path / "demo" / "run").read("eval")
     assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 3
     assert (tmp_path / "demo" / "eval" / "report.md").exists() and set(result["timings"]) == {"etl", "tokenize", "train", "eval"}
-    assert run_demo(tmp_path / "demo", None, "tiny", steps=2, samples=1)  # a second demo replaces the first
+    again = run_demo(tmp_path / "demo", None, DemoConfig(steps=2, samples=1))  # a second demo replaces the first
+    assert [e["step"] for e in MetricsLog(tmp_path / "demo" / "run").read("eval")] == [0, 1, 2]
+    assert len(again["report"]["samples"]) == 1

@@ -9,12 +9,13 @@ import pytest
 from conftest import etl_folder, rec
 from shardtune.cli import main
 from shardtune.errors import UserError
-from shardtune.manifest import TokensManifest
+from shardtune.manifest import TokenShard, TokensManifest
 from shardtune.template import DEFAULT_TEMPLATE, PromptTemplate
-from shardtune.train.encode import assemble, is_validation
-from shardtune.train.tokenize import TokenizeConfig, run_tokenize
-from shardtune.train.tokenizer import Encoder, load_tokenizer
-from shardtune.train.tokens import TokenShards, TokenShardWriter, token_dtype
+from shardtune.tokens.config import TokenizeConfig
+from shardtune.tokens.encode import assemble, is_validation
+from shardtune.tokens.shards import TokenShards, TokenShardWriter, token_dtype
+from shardtune.tokens.tokenize import run_tokenize
+from shardtune.tokens.tokenizer import Encoder, load_tokenizer
 
 PRODUCTS = [
     rec(uid="1", title="Girls Ballet Tutu Neon Pink", content="High quality 3 layer ballet tutu. 12 inches in length."),
@@ -94,10 +95,10 @@ def test_token_dtype_follows_the_vocabulary_size(tmp_path):
     writer.write(np.array([1, 99_999, 70_000, 2, 3]), np.array([2, 3]), np.array([1, 2]))
     writer.write(np.array([5]), np.array([1]), np.array([1]))
     shards = writer.close()
-    assert [s["examples"] for s in shards] == [2, 1]  # a new file once a shard holds shard_tokens
-    view = TokenShards([tmp_path / s["file"] for s in shards])
+    assert [s.examples for s in shards] == [2, 1]  # a new file once a shard holds shard_tokens
+    view = TokenShards([tmp_path / s.file for s in shards])
     assert len(view) == 3 and view[1][0].dtype == np.uint32 and view[1][0].tolist() == [70_000, 2, 3]
-    assert view[2] == (pytest.approx(np.array([5])), 1)
+    assert view[2][0].tolist() == [5] and view[2][1] == 1
 
 
 def test_shards_open_memory_mapped_and_in_hugging_face_datasets(tmp_path):
@@ -156,7 +157,7 @@ def test_user_mistakes_exit_2_with_one_line(tmp_path, capsys, args, message):
 
 
 def test_worker_processes_write_the_same_shards_as_one_process(tmp_path):
-    from shardtune.etl.synth import write_synth
+    from shardtune.data.synth import write_synth
     from shardtune.etl.config import EtlConfig
     from shardtune.etl.pipeline import run_etl
 
@@ -177,7 +178,7 @@ def test_token_shards_roll_over_and_an_aborted_shard_leaves_no_file(tmp_path):
     assert sorted(p.name for p in (tmp_path / "train").iterdir()) == ["tokens-00000.arrow", "tokens-00001.arrow.tmp"]
     writer.abort()
     assert [p.name for p in (tmp_path / "train").iterdir()] == ["tokens-00000.arrow"]
-    assert writer.shards == [{"file": "train/tokens-00000.arrow", "examples": 2, "tokens": 6,
-                              "bytes": (tmp_path / "train" / "tokens-00000.arrow").stat().st_size}]
+    assert writer.shards == [TokenShard(file="train/tokens-00000.arrow", examples=2, tokens=6,
+                                        bytes=(tmp_path / "train" / "tokens-00000.arrow").stat().st_size)]
     shards = TokenShards([tmp_path / "train" / "tokens-00000.arrow"])
     assert [list(shards[i][0]) for i in range(len(shards))] == [[0, 1], [2, 3, 4, 5]]

@@ -9,12 +9,16 @@ import pytest
 import torch
 
 from conftest import synth_tokens
+from shardtune.cli import main
 from shardtune.errors import UserError
+from shardtune.models import load_model
+from shardtune.models.gpt2 import GPT2
+from shardtune.tokens.shards import TokenShards
 from shardtune.train.config import TrainConfig
-from shardtune.train.data import collate
-from shardtune.train.loop import Trainer, run_train
-from shardtune.train.model import AnswerLoss, batch_loss, fresh_gpt2
-from shardtune.train.tokens import TokenShards
+from shardtune.train.data import collate, epoch_batches
+from shardtune.train.loop import Trainer, lr_at, run_train
+from shardtune.train.loss import AnswerLoss, batch_loss
+from shardtune.train.metrics import MetricsLog
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +34,15 @@ def small(**kw) -> TrainConfig:
 
 
 def metrics(run_dir, kind):
-    return [e for e in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if e["type"] == kind]
+    return MetricsLog(run_dir).read(kind)
 
 
+def tiny():
+    torch.manual_seed(0)
+    return load_model("tiny")
+
+
+@pytest.mark.slow
 def test_training_tiny_lowers_validation_loss(tokens, tmp_path):
     result = run_train(tokens, tmp_path / "run", small(max_steps=40, warmup_steps=4, log_steps=10, eval_steps=20))
     evals = metrics(tmp_path / "run", "eval")
@@ -56,8 +66,7 @@ def test_final_is_a_hugging_face_model_folder_with_its_template(tokens, tmp_path
 
 
 def test_an_examples_loss_is_the_same_alone_and_batched_with_others(tokens):
-    torch.manual_seed(0)
-    loss_fn = AnswerLoss(fresh_gpt2("tiny")).eval()
+    loss_fn = AnswerLoss(tiny()).eval()
     data = TokenShards(sorted((tokens / "train").glob("*.arrow")))
     by_length = {len(data[i][0]): i for i in range(len(data))}
     idx = [by_length[n] for n in sorted(by_length)[:4]]
@@ -72,8 +81,7 @@ def test_an_examples_loss_is_the_same_alone_and_batched_with_others(tokens):
 
 
 def test_rounding_shapes_up_for_the_gpu_changes_no_loss(tokens):
-    torch.manual_seed(0)
-    loss_fn = AnswerLoss(fresh_gpt2("tiny")).eval()
+    loss_fn = AnswerLoss(tiny()).eval()
     data = TokenShards(sorted((tokens / "train").glob("*.arrow")))
     plain = collate(data, [0, 1, 2], 64, "answer", 50256)
     rounded = collate(data, [0, 1, 2], 64, "answer", 50256, pad_multiple=16, rows_multiple=64)
@@ -84,7 +92,7 @@ def test_rounding_shapes_up_for_the_gpu_changes_no_loss(tokens):
         assert loss(rounded) == pytest.approx(loss(plain), rel=1e-5)
     hidden = torch.randn(5, 8, requires_grad=True)
     weight = torch.randn(11, 8, requires_grad=True)
-    from shardtune.train.model import linear_cross_entropy
+    from shardtune.train.loss import linear_cross_entropy
 
     target = torch.tensor([3, -100, 7, -100, 1])
     ours = linear_cross_entropy(hidden, weight, target)
@@ -95,7 +103,7 @@ def test_rounding_shapes_up_for_the_gpu_changes_no_loss(tokens):
 
 
 def test_chunked_linear_cross_entropy_matches_the_plain_one(monkeypatch):
-    from shardtune.train.model import ChunkedLinearCrossEntropy, linear_cross_entropy
+    from shardtune.train.loss import ChunkedLinearCrossEntropy, linear_cross_entropy
 
     monkeypatch.setattr(ChunkedLinearCrossEntropy, "CHUNK", 7)  # several chunks and a ragged last one
     torch.manual_seed(0)
@@ -119,6 +127,7 @@ def test_loss_is_on_the_answer_unless_asked_otherwise(tokens):
     assert (both[:len(ids)] >= 0).all()
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_onto_the_same_loss_curve(tokens, tmp_path, monkeypatch):
     config = small(max_steps=8, save_steps=4)
     run_train(tokens, tmp_path / "straight", config)
@@ -135,7 +144,7 @@ def test_a_killed_run_resumes_onto_the_same_loss_curve(tokens, tmp_path, monkeyp
         run_train(tokens, tmp_path / "killed", config)
     monkeypatch.setattr(Trainer, "train_step", original)
     assert [p.name for p in (tmp_path / "killed" / "checkpoints").iterdir()] == ["step-00000004"]
-    run_train(tokens, tmp_path / "killed", TrainConfig(**{**config.__dict__, "resume": True}))
+    run_train(tokens, tmp_path / "killed", TrainConfig(**{**config.to_dict(), "resume": True}))
     straight, resumed = metrics(tmp_path / "straight", "train"), metrics(tmp_path / "killed", "train")
     assert [e["step"] for e in resumed] == list(range(1, 9))
     assert [e["loss"] for e in resumed] == pytest.approx([e["loss"] for e in straight], rel=1e-6)
@@ -166,6 +175,7 @@ def test_user_mistakes_are_one_line_errors(tokens, tmp_path):
         run_train(tokens, tmp_path / "c", small())
 
 
+@pytest.mark.slow
 def test_ddp_on_two_cpu_processes(tokens, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
            "-m", "shardtune.cli", "train", str(tokens), "--out", str(tmp_path / "run"), "--model", "tiny",
@@ -179,10 +189,10 @@ def test_ddp_on_two_cpu_processes(tokens, tmp_path):
 def test_gpt2_gelu_is_fused_without_changing_what_the_model_computes():
     import copy
 
-    from shardtune.train.model import fuse_gelu
+    from shardtune.models.gpt2 import fuse_gelu
 
     torch.manual_seed(0)
-    stock = fresh_gpt2("tiny").eval()
+    stock = GPT2().build("tiny", prepare=False).eval()
     fused = fuse_gelu(copy.deepcopy(stock))
     assert stock.config.activation_function == "gelu_new"
     assert fused.config.activation_function == "gelu_pytorch_tanh"  # saved in final/, loads the fused op
@@ -192,14 +202,14 @@ def test_gpt2_gelu_is_fused_without_changing_what_the_model_computes():
 
 
 def test_activation_checkpointing_recomputes_the_same_gradients(tokens):
-    from shardtune.train.model import enable_activation_checkpointing
+    from shardtune.models import enable_activation_checkpointing
 
     data = TokenShards(sorted((tokens / "train").glob("*.arrow")))
     batch = collate(data, [0, 1, 2, 3], 64, "answer", 50256)
 
     def grads(checkpointing: bool):
         torch.manual_seed(0)
-        model = fresh_gpt2("tiny").train()  # dropout on: recomputation must replay the same masks
+        model = load_model("tiny").train()  # dropout on: recomputation must replay the same masks
         if checkpointing:
             enable_activation_checkpointing(model)
         mlp, calls = model.transformer.h[0].mlp, []
@@ -212,3 +222,100 @@ def test_activation_checkpointing_recomputes_the_same_gradients(tokens):
     assert (once, twice) == (1, 2)  # the layer really ran again in the backward pass
     for a, b in zip(plain, recomputed):
         torch.testing.assert_close(b, a)
+
+
+def test_learning_rate_warms_up_then_decays_linearly_or_by_cosine():
+    linear = small(lr=1.0, warmup_steps=4, schedule="linear")
+    assert [lr_at(s, 14, linear) for s in (0, 1, 3)] == [0.25, 0.5, 1.0]  # warmup reaches the peak at its end
+    assert [lr_at(s, 14, linear) for s in (4, 9, 14)] == [1.0, 0.5, 0.0]  # then straight down to 0
+    cosine = small(lr=1.0, warmup_steps=0, schedule="cosine")
+    assert lr_at(0, 10, cosine) == 1.0 and lr_at(10, 10, cosine) == pytest.approx(0.0, abs=1e-12)
+    assert lr_at(5, 10, cosine) == pytest.approx(0.5) and lr_at(2, 10, cosine) > 1 - 2 / 10  # above the line early
+
+
+def test_ddp_ranks_read_disjoint_equal_shares():
+    lengths = torch.randint(5, 60, (203,)).numpy()
+    shares = [epoch_batches(lengths, 8, seed=3, epoch=1, rank=r, world=3) for r in range(3)]
+    assert len({len(s) for s in shares}) == 1  # every rank takes the same number of steps
+    seen = [int(i) for share in shares for batch in share for i in batch]
+    assert len(seen) == len(set(seen))  # no example on two ranks
+    everything = [int(i) for batch in epoch_batches(lengths, 8, seed=3, epoch=1) for i in batch]
+    assert set(seen) <= set(everything) and len(everything) - len(seen) < 3 * 8  # at most the remainder is left
+
+
+def test_two_micro_batches_of_8_give_the_gradient_of_one_batch_of_16(tokens, tmp_path):
+    data = TokenShards(sorted((tokens / "train").glob("*.arrow")))
+    order = list(range(16))
+
+    def gradients(batch_size, grad_accum):
+        trainer = Trainer(tokens, tmp_path / f"run-{grad_accum}", small(batch_size=batch_size, grad_accum=grad_accum))
+        for m in trainer.model.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0  # dropout would draw different masks for different batch shapes
+        parts = [order[i:i + batch_size] for i in range(0, 16, batch_size)]
+        trainer._next_micro_batches = lambda: [trainer._collate(data, p) for p in parts]
+        grads, zero_grad = {}, trainer.optimizer.zero_grad
+
+        def keep_then_zero(set_to_none=True):  # the step's gradient, as the optimizer used it
+            grads.update({n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None})
+            zero_grad(set_to_none=set_to_none)
+
+        trainer.optimizer.zero_grad = keep_then_zero
+        trainer.train_step()
+        return grads
+
+    whole, accumulated = gradients(16, 1), gradients(8, 2)
+    assert whole.keys() == accumulated.keys() and len(whole) > 10
+    for name in whole:
+        torch.testing.assert_close(accumulated[name], whole[name], rtol=1e-4, atol=1e-7)
+
+
+def test_loss_on_prompt_and_answer_end_to_end(tokens, tmp_path, capsys):
+    args = ["train", str(tokens), "--model", "tiny", "--max-steps", "2", "--batch-size", "8", "--max-length", "64",
+            "--eval-examples", "32", "--log-steps", "1"]
+    assert main([*args, "--out", str(tmp_path / "answer")]) == 0
+    assert main([*args, "--out", str(tmp_path / "both"), "--loss-on", "prompt+answer"]) == 0
+    answer, both = metrics(tmp_path / "answer", "eval")[-1], metrics(tmp_path / "both", "eval")[-1]
+    assert both["val_tokens"] > answer["val_tokens"] * 1.1  # the prompt's tokens carry loss too
+    assert json.loads((tmp_path / "both" / "final" / "shardtune.json").read_text())["train_config"]["loss_on"] == \
+        "prompt+answer"
+
+
+def test_precision_follows_the_device(monkeypatch):
+    from shardtune.train.device import choose_precision
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert choose_precision(cpu, "auto").name == choose_precision(cpu, "bf16").name == "fp32"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 6))  # RTX 3060
+    ampere = choose_precision(gpu, "auto")
+    assert (ampere.name, ampere.autocast_dtype, ampere.use_scaler) == ("bf16", torch.bfloat16, False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))  # RTX 2060: no bf16
+    turing = choose_precision(gpu, "auto")
+    assert (turing.name, turing.autocast_dtype, turing.use_scaler) == ("fp16", torch.float16, True)
+    assert choose_precision(gpu, "fp32").autocast_dtype is None
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda ckpt: (ckpt / "model.safetensors").write_bytes(b"not safetensors"), "cannot resume from"),
+    (lambda ckpt: (ckpt / "optimizer.pt").write_bytes(b"\x80\x04junk"), "cannot resume from"),
+])
+def test_a_corrupt_checkpoint_is_a_one_line_error(tokens, tmp_path, capsys, damage, message):
+    run_train(tokens, tmp_path / "run", small(max_steps=4, save_steps=2, save_total_limit=2))
+    damage(tmp_path / "run" / "checkpoints" / "step-00000004")
+    args = ["train", str(tokens), "--out", str(tmp_path / "run"), "--model", "tiny", "--max-steps", "6",
+            "--batch-size", "8", "--max-length", "64", "--eval-examples", "32", "--resume"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1] and "step-00000004" in err[-1] and "Traceback" not in "\n".join(err)
+
+
+def test_a_checkpoint_of_another_model_is_refused(tokens, tmp_path, capsys):
+    from shardtune.train.checkpoint import load_checkpoint
+
+    run_train(tokens, tmp_path / "run", small(max_steps=2, save_steps=2))
+    (ckpt,) = (tmp_path / "run" / "checkpoints").iterdir()
+    other = GPT2().build("distilgpt2")  # 6 layers, 768 wide: not the tiny model the checkpoint holds
+    optimizer = torch.optim.AdamW(other.parameters())
+    with pytest.raises(UserError, match="cannot resume from"):
+        load_checkpoint(ckpt, other, optimizer, torch.device("cpu"))

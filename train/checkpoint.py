@@ -68,21 +68,46 @@ def save_checkpoint(run_dir: Path, model, optimizer, state: TrainState, keep: in
     return final
 
 
+def _read(path: Path, load, what: str):
+    """One checkpoint file through `load`; a damaged or foreign file is a one-line UserError."""
+    try:
+        return load(path)
+    except FileNotFoundError:
+        raise UserError(f"cannot resume from {path.parent}: {path.name} is missing; delete that checkpoint "
+                        "to resume from an older one") from None
+    except Exception:  # a damaged file can make a loader raise almost anything (struct.error, EOFError, ...)
+        raise UserError(f"cannot resume from {path.parent}: {path.name} is not a readable {what} (damaged, or "
+                        "not written by shardtune); delete that checkpoint to resume from an older one") from None
+
+
 def load_checkpoint(path: Path, model, optimizer, device: torch.device) -> TrainState:
     from safetensors.torch import load_file
 
+    weights = _read(path / "model.safetensors", lambda p: load_file(p, device=str(device)), "safetensors file")
     try:
-        weights = load_file(path / "model.safetensors", device=str(device))
         missing, unexpected = model.load_state_dict(weights, strict=False)
-        if unexpected or any(not k.endswith("lm_head.weight") for k in missing):  # lm_head is tied to the embeddings
-            raise UserError(f"checkpoint {path} does not fit this model (missing {missing[:3]}, unexpected {unexpected[:3]})")
-        if hasattr(model, "tie_weights"):
-            model.tie_weights()
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device, weights_only=True))
-        rng = torch.load(path / "rng.pt", weights_only=True)
+    except RuntimeError as e:  # shapes differ
+        raise UserError(f"cannot resume from {path}: its weights do not fit this model "
+                        f"({str(e).splitlines()[-1].strip()})") from None
+    if unexpected or any(not k.endswith("lm_head.weight") for k in missing):  # lm_head is tied to the embeddings
+        raise UserError(f"cannot resume from {path}: its weights do not fit this model (missing {missing[:3]}, "
+                        f"unexpected {unexpected[:3]})")
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+    # weights_only: tensors, numbers and containers only; nothing is unpickled as code
+    optim_state = _read(path / "optimizer.pt", lambda p: torch.load(p, map_location=device, weights_only=True),
+                        "optimizer state")
+    try:
+        optimizer.load_state_dict(optim_state)
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise UserError(f"cannot resume from {path}: its optimizer state does not fit this model ({e})") from None
+    rng = _read(path / "rng.pt", lambda p: torch.load(p, weights_only=True), "random state")
+    state = _read(path / "state.json", lambda p: json.loads(p.read_text()), "state file")
+    try:
         torch.set_rng_state(rng["cpu"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state(rng["cuda"])
-        return TrainState(**json.loads((path / "state.json").read_text()))
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
-        raise UserError(f"cannot resume from {path}: {e}; delete it to resume from an older checkpoint") from None
+        return TrainState(**state)
+    except (TypeError, KeyError, RuntimeError):
+        raise UserError(f"cannot resume from {path}: rng.pt or state.json is not shardtune's; delete that "
+                        "checkpoint to resume from an older one") from None

@@ -9,50 +9,51 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shardtune.errors import UserError
+from shardtune.options import Config, option
+
+MODEL, DATA, OPTIM, LOOP, SPEED = "model", "data", "optimization", "schedule and outputs", "speed and memory"
 
 
 @dataclass
-class TrainConfig:
-    model: str = "distilgpt2"  # Hugging Face name or folder, or the preset "tiny"
-    from_scratch: bool = False  # fresh weights in the named architecture (offline: required for hub names)
-    epochs: int = 3
-    max_steps: int = 0  # stop after this many optimizer steps (0: run all epochs)
-    batch_size: int = 16  # examples per micro-batch
-    grad_accum: int = 1  # micro-batches per optimizer step
-    lr: float = 5e-5
-    weight_decay: float = 0.01
-    warmup_steps: int = 0
-    schedule: str = "linear"  # linear or cosine decay after warmup (linear is Trainer's default)
-    max_length: int = 256  # longer examples are cut (answer end dropped)
-    clip_grad: float = 1.0
-    loss_on: str = "answer"  # "answer", or "prompt+answer" as the seed did
-    eval_steps: int = 500
-    eval_examples: int = 2000  # validation examples per evaluation (0: all)
-    save_steps: int = 500
-    save_total_limit: int = 1
-    log_steps: int = 100
-    seed: int = 42
-    precision: str = "auto"  # auto (bf16 on Ampere+, fp16 on older GPUs, fp32 on CPU), bf16, fp16, fp32
-    pad_multiple: int = 0  # round batch lengths up to this (0: 16 on a GPU, where repeating shapes are fast; 1 on CPU)
-    grad_checkpointing: bool = False
-    compile: bool = False
-    max_bad_steps: int = 10  # non-finite losses in a row before the run stops
-    resume: bool = False  # continue from the newest checkpoint in the run folder
+class TrainConfig(Config):
+    SECTION = "train"
 
-    def check(self) -> None:
-        positive = ("batch_size", "grad_accum", "max_length", "eval_steps", "save_steps", "log_steps", "max_bad_steps")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    model: str = option("distilgpt2", "Hugging Face causal LM name or folder, or a preset ('tiny')",
+                        metavar="NAME", group=MODEL)
+    from_scratch: bool = option(False, "fresh weights in the named architecture (offline: required for hub names)",
+                                group=MODEL)
+
+    max_length: int = option(256, "cut longer examples to this many tokens", min=2, group=DATA)
+    batch_size: int = option(16, "examples per micro-batch", min=1, group=DATA)
+    grad_accum: int = option(1, "micro-batches per optimizer step", min=1, group=DATA)
+    loss_on: str = option("answer", "tokens that carry the loss ('prompt+answer' is the seed's)",
+                          choices=("answer", "prompt+answer"), group=DATA)
+    seed: int = option(42, "random seed: weights, data order, dropout", min=0, group=DATA)
+
+    lr: float = option(5e-5, "peak learning rate", above=0, group=OPTIM)
+    weight_decay: float = option(0.01, "AdamW weight decay", min=0, group=OPTIM)
+    warmup_steps: int = option(0, "linear warmup steps", min=0, group=OPTIM)
+    schedule: str = option("linear", "decay after warmup", choices=("linear", "cosine"), group=OPTIM)
+    clip_grad: float = option(1.0, "clip the gradient norm to this", above=0, group=OPTIM)
+
+    epochs: int = option(3, "passes over the training examples", min=0, group=LOOP)
+    max_steps: int = option(0, "stop after this many optimizer steps (0: all epochs)", min=0, group=LOOP)
+    eval_steps: int = option(500, "evaluate every N steps", min=1, group=LOOP)
+    eval_examples: int = option(2000, "validation examples per evaluation (0: all)", min=0, group=LOOP)
+    save_steps: int = option(500, "checkpoint every N steps", min=1, group=LOOP)
+    save_total_limit: int = option(1, "checkpoints kept", min=1, group=LOOP)
+    log_steps: int = option(100, "log a line every N steps", min=1, group=LOOP)
+    max_bad_steps: int = option(10, "non-finite losses in a row before the run stops", min=1, group=LOOP)
+    resume: bool = option(False, "continue from the newest checkpoint in RUN_DIR", group=LOOP)
+
+    precision: str = option("auto", "auto: bf16 on Ampere and newer, fp16 with a scaler on older GPUs, fp32 on "
+                            "the CPU", choices=("auto", "bf16", "fp16", "fp32"), group=SPEED)
+    pad_multiple: int = option(0, "round batch lengths up to a multiple of N (0: 16 on a GPU, 1 on the CPU)",
+                               min=0, group=SPEED)
+    grad_checkpointing: bool = option(False, "recompute activations in the backward pass to save GPU memory",
+                                      group=SPEED)
+    compile: bool = option(False, "torch.compile the model", group=SPEED)
+
+    def validate(self) -> None:
         if self.epochs < 1 and self.max_steps < 1:
             raise UserError("give --epochs or --max-steps of at least 1")
-        if self.lr <= 0:
-            raise UserError("--lr must be positive")
-        if self.schedule not in ("linear", "cosine"):
-            raise UserError("--schedule must be linear or cosine")
-        if self.loss_on not in ("answer", "prompt+answer"):
-            raise UserError("--loss-on must be 'answer' or 'prompt+answer'")
-        if self.precision not in ("auto", "bf16", "fp16", "fp32"):
-            raise UserError("--precision must be auto, bf16, fp16 or fp32")
-        if self.save_total_limit < 1:
-            raise UserError("--save-total-limit must be at least 1")

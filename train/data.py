@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .tokens import TokenShards
+from shardtune.tokens.shards import TokenShards
 
 WINDOW_BATCHES = 64
 

@@ -2,7 +2,7 @@
 
 Read top to bottom: Trainer.__init__ builds everything from the token manifest and
 the config; run() evaluates, then repeats train_step() while
-should_continue_training(), evaluating, logging and checkpointing on schedule;
+should_continue_training(), logging, evaluating and checkpointing on schedule;
 finish() writes RUN_DIR/final in Hugging Face format.
 Under `torchrun --nproc_per_node N` the same command trains with DDP: every rank
 reads its own share of the batches, rank 0 alone writes.
@@ -11,36 +11,28 @@ reads its own share of the batches, rank 0 alone writes.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import shutil
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import psutil
 import torch
 
 from shardtune.console import log, meter
 from shardtune.errors import UserError
 from shardtune.files import fsync_dir, write_json
 from shardtune.manifest import RunInfo, TokensManifest
+from shardtune.models import enable_activation_checkpointing, load_model
+from shardtune.tokens.shards import TokenShards
 
 from .checkpoint import TrainState, checkpoint_dirs, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import collate, epoch_batches
-from .model import AnswerLoss, batch_loss, choose_precision, enable_activation_checkpointing, load_model, summed_loss
-from .tokens import TokenShards
-
-
-def cap_gpu_memory(device: torch.device) -> None:
-    """SHARDTUNE_GPU_MEMORY_GB=6 makes a big GPU behave like a 6 GB card (allocations past it fail)."""
-    gb = float(os.environ.get("SHARDTUNE_GPU_MEMORY_GB", 0) or 0)
-    if gb > 0:
-        total = torch.cuda.get_device_properties(device).total_memory
-        torch.cuda.set_per_process_memory_fraction(min(1.0, gb * 2**30 / total), device)
+from .device import cap_gpu_memory, choose_precision, peak_memory_mb
+from .loss import AnswerLoss, batch_loss, summed_loss
+from .metrics import MetricsLog, describe
 
 
 def lr_at(step: int, total: int, config: TrainConfig) -> float:
@@ -52,22 +44,43 @@ def lr_at(step: int, total: int, config: TrainConfig) -> float:
     return config.lr * max(0.0, 1 - progress)
 
 
+class Window:
+    """Loss, tokens and time since the last log line."""
+
+    def __init__(self) -> None:
+        self.loss, self.steps, self.real, self.padded = 0.0, 0, 0, 0
+        self.start = time.perf_counter()
+
+    def add(self, step: dict) -> None:
+        self.loss += 0.0 if step["skipped"] else step["loss"]
+        self.steps += 1
+        self.real += step["real_tokens"]
+        self.padded += step["padded_tokens"]
+
+    def padding(self) -> float:
+        return self.padded / max(1, self.real + self.padded)
+
+    def tokens_per_s(self, world: int) -> float:
+        return self.real * world / max(time.perf_counter() - self.start, 1e-9)
+
+
 class Trainer:
     def __init__(self, tokens_dir: Path, run_dir: Path, config: TrainConfig) -> None:
-        config.check()
-        self.config, self.run_dir, self.tokens_dir = config, run_dir, tokens_dir
+        self.config, self.run_dir, self.tokens_dir = config.check(), run_dir, tokens_dir
         self.rank, self.world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        self.is_rank0 = self.rank == 0  # the one process that writes
         self.device = self._setup_device()
-        self.main = self.rank == 0
         self.manifest = TokensManifest.read(tokens_dir)
         self.train_data = TokenShards(self.manifest.shard_paths(tokens_dir, "train"))
         self.val_data = TokenShards(self.manifest.shard_paths(tokens_dir, "val"))
         if len(self.train_data) == 0:
             raise UserError(f"{tokens_dir} holds no training examples")
         self._check_run_dir()
+        self.metrics = MetricsLog(run_dir)
 
         torch.manual_seed(config.seed)
-        self.model = load_model(config.model, config.from_scratch, self.manifest.vocab_size, self.manifest.eos_id)
+        self.model = load_model(config.model, from_scratch=config.from_scratch,
+                                vocab_size=self.manifest.vocab_size, eos_id=self.manifest.eos_id)
         self._check_vocab()
         if config.grad_checkpointing:
             enable_activation_checkpointing(self.model)
@@ -82,8 +95,8 @@ class Trainer:
             self.loss_fn = torch.nn.parallel.DistributedDataParallel(self.loss_fn, device_ids=ids)
         if config.compile:
             self.loss_fn = torch.compile(self.loss_fn)
-        decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2]
-        no_decay = [p for n, p in self.model.named_parameters() if p.dim() < 2]
+        decay = [p for p in self.model.parameters() if p.dim() >= 2]
+        no_decay = [p for p in self.model.parameters() if p.dim() < 2]
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=config.lr, fused=self.device.type == "cuda")
@@ -92,11 +105,10 @@ class Trainer:
         if self.steps_per_epoch == 0:
             raise UserError(f"fewer training batches than --grad-accum {config.grad_accum}; lower it")
         self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
-        self.state = TrainState(config=asdict(config))
+        self.state = TrainState(config=config.to_dict())
         if config.resume:
             self._resume()
         self._epoch_cache: tuple[int, list] | None = None
-        self.metrics_path = run_dir / "metrics.jsonl"
 
     # -- setup -------------------------------------------------------------------
     def _setup_device(self) -> torch.device:
@@ -116,7 +128,7 @@ class Trainer:
         if not self.config.resume and self.run_dir.exists() and any(self.run_dir.iterdir()):
             raise UserError(f"run folder {self.run_dir} is not empty; use --resume to continue that run, "
                             "or choose another --out")
-        if self.main:
+        if self.is_rank0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
 
     def _check_vocab(self) -> None:
@@ -134,11 +146,8 @@ class Trainer:
         self.state = load_checkpoint(found[-1], self.model, self.optimizer, self.device)
         if self.state.scaler:
             self.scaler.load_state_dict(self.state.scaler)
-        if self.main:  # forget what the interrupted run logged after its last checkpoint
-            kept = [line for line in _read_lines(self.run_dir / "metrics.jsonl")
-                    if json.loads(line)["step"] <= self.state.step]
-            with open(self.run_dir / "metrics.jsonl", "w") as f:
-                f.writelines(kept)
+        if self.is_rank0:
+            self.metrics.truncate_after(self.state.step)
         log(f"train: resumed from {found[-1].name} (step {self.state.step:,} of {self.total_steps:,})")
 
     # -- data ----------------------------------------------------------------------
@@ -233,63 +242,45 @@ class Trainer:
         self._write_config()
         if self.state.step == 0:
             self._record({"type": "eval", "step": 0, **self.evaluate()})
-        window = {"loss": 0.0, "steps": 0, "real": 0, "padded": 0, "start": time.perf_counter()}
-        totals = {"real": 0, "padded": 0}
+        window, total = Window(), Window()
         with meter("train", self.total_steps, "steps", ("tokens",)) as progress:
             progress.update(self.state.step)
             while self.should_continue_training():
                 m = self.train_step()
-                for k, src in (("real", "real_tokens"), ("padded", "padded_tokens")):
-                    window[k] += m[src]
-                    totals[k] += m[src]
-                window["loss"] += m["loss"] if not m["skipped"] else 0.0
-                window["steps"] += 1
-                step = self.state.step
-                if step % c.log_steps == 0 or step == self.total_steps:
-                    elapsed = time.perf_counter() - window["start"]
+                window.add(m)
+                total.add(m)
+                step, last = self.state.step, self.state.step == self.total_steps
+                if step % c.log_steps == 0 or last:
                     self._record({"type": "train", "step": step, "epoch": self.state.epoch,
-                                  "loss": window["loss"] / window["steps"], "lr": m["lr"], "grad_norm": m["grad_norm"],
-                                  "tokens_per_s": window["real"] * self.world / elapsed,
-                                  "padding": window["padded"] / max(1, window["real"] + window["padded"]),
-                                  "peak_memory_mb": self._peak_memory_mb()})
-                    window = {"loss": 0.0, "steps": 0, "real": 0, "padded": 0, "start": time.perf_counter()}
-                if step % c.eval_steps == 0 and step != self.total_steps:
+                                  "loss": window.loss / window.steps, "lr": m["lr"], "grad_norm": m["grad_norm"],
+                                  "tokens_per_s": window.tokens_per_s(self.world), "padding": window.padding(),
+                                  "peak_memory_mb": peak_memory_mb(self.device)})
+                    window = Window()
+                if step % c.eval_steps == 0 and not last:
                     self._record({"type": "eval", "step": step, **self.evaluate()})
-                if step % c.save_steps == 0 and step != self.total_steps:
+                if step % c.save_steps == 0 and not last:
                     self._save()
-                progress.update(step, tokens=totals["real"] * self.world,
-                                extra=f"loss {m['loss']:.3f}  mem {self._peak_memory_mb():,.0f} MB")
+                progress.update(step, tokens=total.real * self.world,
+                                extra=f"loss {m['loss']:.3f}  mem {peak_memory_mb(self.device):,.0f} MB")
         final_eval = {"type": "eval", "step": self.state.step, **self.evaluate()}
         self._record(final_eval)
         self._save()
         self.finish()
-        padding = totals["padded"] / max(1, totals["real"] + totals["padded"])
-        return {**final_eval, "steps": self.state.step, "padding": padding, "peak_memory_mb": self._peak_memory_mb()}
+        return {**final_eval, "steps": self.state.step, "padding": total.padding(),
+                "peak_memory_mb": peak_memory_mb(self.device)}
 
     # -- outputs -----------------------------------------------------------------
-    def _peak_memory_mb(self) -> float:
-        if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device) / 2**20
-        return psutil.Process().memory_info().rss / 2**20
-
     def _record(self, entry: dict) -> None:
-        if not self.main:
-            return
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(entry) + "\n")
-        if entry["type"] == "eval":
-            log(f"step {entry['step']:>6}: val loss {entry['val_loss']:.4f}, perplexity {entry['val_perplexity']:.2f}")
-        else:
-            log(f"step {entry['step']:>6}: loss {entry['loss']:.4f}, lr {entry['lr']:.2e}, "
-                f"{entry['tokens_per_s']:,.0f} tokens/s, padding {entry['padding']:.1%}, "
-                f"grad norm {entry['grad_norm']:.2f}, peak memory {entry['peak_memory_mb']:,.0f} MB")
+        if self.is_rank0:
+            self.metrics.append(entry)
+            log(describe(entry))
 
     def _write_config(self) -> None:
-        if self.main:
-            write_json(self.run_dir / "config.json", {"train": asdict(self.config), "tokens": str(self.tokens_dir)})
+        if self.is_rank0:
+            write_json(self.run_dir / "config.json", {"train": self.config.to_dict(), "tokens": str(self.tokens_dir)})
 
     def _save(self) -> None:
-        if self.main:
+        if self.is_rank0:
             self.state.scaler = self.scaler.state_dict() if self.scaler.is_enabled() else {}
             save_checkpoint(self.run_dir, self.model, self.optimizer, self.state, self.config.save_total_limit)
         if self.world > 1:
@@ -297,9 +288,9 @@ class Trainer:
 
     def finish(self) -> None:
         """RUN_DIR/final: a Hugging Face model folder plus the tokenizer and how to prompt it."""
-        if not self.main:
+        if not self.is_rank0:
             return
-        from .tokenizer import load_tokenizer
+        from shardtune.tokens.tokenizer import load_tokenizer
 
         final, tmp = self.run_dir / "final", self.run_dir / "final.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -307,7 +298,8 @@ class Trainer:
         load_tokenizer(self.manifest.tokenizer).save_pretrained(tmp)
         RunInfo(template=self.manifest.template, template_hash=self.manifest.template_hash,
                 tokenizer=self.manifest.tokenizer, max_length=self.config.max_length,
-                train_config=asdict(self.config), tokens_dir=str(self.tokens_dir)).write(tmp)
+                train_config=self.config.to_dict(), tokens_dir=str(self.tokens_dir),
+                run_dir=str(self.run_dir.resolve())).write(tmp)
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         fsync_dir(self.run_dir)
@@ -317,20 +309,16 @@ class Trainer:
             torch.distributed.destroy_process_group()
 
 
-def _read_lines(path: Path) -> list[str]:
-    return path.read_text().splitlines(keepends=True) if path.exists() else []
-
-
 def run_train(tokens_dir: Path, run_dir: Path, config: TrainConfig | None = None) -> dict:
     """Train; returns the final evaluation. CUDA running out of memory ends in one clear message."""
     config = config or TrainConfig()
     trainer = None
     try:
         trainer = Trainer(tokens_dir, run_dir, config)
-        if trainer.main:
+        if trainer.is_rank0:
             log(f"train: {trainer.total_steps:,} steps of {config.batch_size} x {config.grad_accum} examples on "
                 f"{trainer.device} ({trainer.precision.name}), {len(trainer.train_data):,} train / "
-                f"{len(trainer.val_data):,} val examples; config: {asdict(config)}")
+                f"{len(trainer.val_data):,} val examples; config: {config.to_dict()}")
         return trainer.run()
     except torch.cuda.OutOfMemoryError:
         used = torch.cuda.memory_allocated() / 2**30

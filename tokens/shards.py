@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from shardtune.files import RollingShardWriter
+from shardtune.manifest import TokenShard
 
 SHARD_GLOB = "tokens-*.arrow"
 
@@ -64,9 +65,9 @@ class TokenShardWriter(RollingShardWriter):
         self._writer.close()
         self._sink.close()
 
-    def _describe(self, path: Path) -> dict:
-        return {"file": f"{self.folder.name}/{path.name}", "examples": self._rows, "tokens": self._tokens,
-                "bytes": path.stat().st_size}
+    def _describe(self, path: Path) -> TokenShard:
+        return TokenShard(file=f"{self.folder.name}/{path.name}", examples=self._rows, tokens=self._tokens,
+                          bytes=path.stat().st_size)
 
     def write(self, values: np.ndarray, lengths: np.ndarray, prompt_lens: np.ndarray) -> None:
         """Append examples given as all their ids back to back plus each one's length."""

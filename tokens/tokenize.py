@@ -12,47 +12,24 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 
 from shardtune import __version__
-from shardtune.config import as_dict
 from shardtune.console import log, meter
 from shardtune.errors import UserError
 from shardtune.files import prepare_output_dir
 from shardtune.manifest import MANIFEST, EtlManifest, SplitStats, TokensManifest
-from shardtune.template import DEFAULT_TEMPLATE, PromptTemplate
+from shardtune.template import PromptTemplate
 
+from .config import TokenizeConfig
 from .encode import BatchEncoder, EncodeSpec, split_texts
+from .shards import SHARD_GLOB, TokenShardWriter, token_dtype
 from .tokenizer import Encoder, eos_id, load_tokenizer
-from .tokens import SHARD_GLOB, TokenShardWriter, token_dtype
 
 SPLITS = ("train", "val")
-
-
-@dataclass
-class TokenizeConfig:
-    tokenizer: str = "distilgpt2"  # Hugging Face name or local folder
-    max_length: int = 256  # tokens per example, prompt + answer + EOS
-    val_fraction: float = 0.01  # share of products (by title) held out for validation
-    template: str = DEFAULT_TEMPLATE  # must contain {title}
-    batch_examples: int = 8192  # examples encoded at a time: bounds memory
-    shard_tokens: int = 50_000_000  # tokens per shard file (100 MB as uint16)
-    fast: bool = True  # use tiktoken for GPT-2's BPE when it matches Hugging Face exactly
-    workers: int = 0  # encoding processes; 0 = one per CPU core
-    force: bool = False  # redo even when the output is up to date
-
-    def check(self) -> None:
-        if self.max_length < 2:
-            raise UserError("--max-length must be at least 2")
-        if not 0 <= self.val_fraction < 1:
-            raise UserError("--val-fraction must be at least 0 and below 1")
-        if self.batch_examples < 1 or self.shard_tokens < 1:
-            raise UserError("--batch-examples and --shard-tokens must be at least 1")
-        PromptTemplate(self.template)
 
 
 def fingerprint(etl: EtlManifest, tokenizer_name: str, vocab: int, eos: int, config: TokenizeConfig) -> str:
@@ -92,8 +69,7 @@ def _fast_path_holds(tokenizer, template: PromptTemplate, sample: tuple[list[str
 
 
 def run_tokenize(parquet_dir: Path, out: Path, config: TokenizeConfig | None = None) -> TokensManifest:
-    config = config or TokenizeConfig()
-    config.check()
+    config = (config or TokenizeConfig()).check()
     etl = EtlManifest.read(parquet_dir)
     template = PromptTemplate(config.template)
     tokenizer = load_tokenizer(config.tokenizer)
@@ -143,7 +119,7 @@ def run_tokenize(parquet_dir: Path, out: Path, config: TokenizeConfig | None = N
         eos_id=eos, dtype=dtype.name, template=template.text, template_hash=template.hash,
         max_length=config.max_length, val_fraction=config.val_fraction, splits=stats,
         dropped_prompt_too_long=dropped, length_histogram={"edges": edges, "counts": histogram.tolist()},
-        fingerprint=print_, options=as_dict(config), duration_s=round(time.perf_counter() - started, 3))
+        fingerprint=print_, options=config.to_dict(), duration_s=round(time.perf_counter() - started, 3))
     manifest.write(out)
     log(f"tokenize: {progress.summary()} ({manifest.tokenizer_backend}, {encoder.workers} process(es))")
     return manifest

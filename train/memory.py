@@ -1,4 +1,4 @@
-"""`shardtune bench memory`: peak GPU memory of a training step, estimated without a GPU.
+"""Peak GPU memory of a training step, estimated without a GPU (`shardtune bench memory`).
 
 A training step is run with fake tensors (torch's FakeTensorMode: shapes and dtypes,
 no data, no arithmetic), so a DistilGPT-2 step takes under a second on any CPU.
@@ -23,12 +23,8 @@ import weakref
 from contextlib import contextmanager
 
 import torch
-from rich.console import Console
-from rich.table import Table
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
-
-from shardtune.errors import UserError
 
 BLOCK = 512  # the CUDA caching allocator's smallest block
 
@@ -84,7 +80,9 @@ def fused_attention():
 
 def shardtune_step(model, batch: int, length: int, dtype: torch.dtype, grad_checkpointing: bool = False):
     """What Trainer.train_step allocates: AnswerLoss on a right-padded batch, no mask."""
-    from shardtune.train.model import AnswerLoss, enable_activation_checkpointing
+    from shardtune.models import enable_activation_checkpointing
+
+    from .loss import AnswerLoss
 
     if grad_checkpointing:
         enable_activation_checkpointing(model)
@@ -102,28 +100,16 @@ def shardtune_step(model, batch: int, length: int, dtype: torch.dtype, grad_chec
     return step
 
 
-def seed_step(model, batch: int, length: int, dtype: torch.dtype):
-    """What the seed's Trainer step allocates: Hugging Face's own loss over all padded positions."""
-    input_ids = torch.zeros(batch, length, dtype=torch.long)
-    mask = torch.ones(batch, length, dtype=torch.long)
-
-    def step():
-        with torch.autocast("cpu", dtype=dtype):
-            loss = model(input_ids=input_ids, attention_mask=mask, labels=input_ids).loss
-        loss.backward()
-
-    return step
-
-
-def estimate_peak_mb(setup, model_name: str, fast_gelu: bool, *args) -> float:
-    """Peak MiB over two optimizer steps of `setup(model, *args)`'s step."""
+def estimate_peak_mb(setup, model_name: str, prepare: bool, *args) -> float:
+    """Peak MiB over two optimizer steps of `setup(model, *args)`'s step; `prepare=False`
+    keeps the stock modules (the seed's baseline)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from shardtune.train.model import load_model
+    from shardtune.models import load_model
 
     tracker = LiveBytes()
     with FakeTensorMode(), fused_attention():
-        model = load_model(model_name, True, 50257, 50256, fast_gelu=fast_gelu).train()
+        model = load_model(model_name, from_scratch=True, prepare=prepare).train()
         for p in model.parameters():
             tracker.track(p)
         optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.01, fused=True)
@@ -137,30 +123,3 @@ def estimate_peak_mb(setup, model_name: str, fast_gelu: bool, *args) -> float:
     return tracker.peak / 2**20
 
 
-def bench_memory(model: str, batch_size: int, max_length: int) -> int:
-    from shardtune.hub import is_gpt2_family
-    from shardtune.train.model import GPT2_SHAPES
-
-    if model != "tiny" and not is_gpt2_family(model):
-        raise UserError(f"bench memory builds the GPT-2 family's shapes ({', '.join(GPT2_SHAPES)}), not {model!r}")
-    positions = GPT2_SHAPES[model.rstrip("/").split("/")[-1].lower()]["n_positions"]
-    if batch_size < 1 or not 2 <= max_length <= positions:
-        raise UserError(f"give --batch-size of 1 or more and --max-length from 2 to {positions:,} "
-                        f"(the positions {model} has)")
-    rows = [
-        ("shardtune train (bf16; fp16 on Turing)", estimate_peak_mb(
-            shardtune_step, model, True, batch_size, max_length, torch.bfloat16)),
-        ("shardtune train --grad-checkpointing", estimate_peak_mb(
-            shardtune_step, model, True, batch_size, max_length, torch.bfloat16, True)),
-        ("seed (Trainer, fp16, padded to 256)", estimate_peak_mb(
-            seed_step, model, False, batch_size, max_length, torch.float16)),
-    ]
-    table = Table(title=f"Estimated peak GPU memory (max_memory_allocated) of a training step: {model}, "
-                        f"batch {batch_size} x {max_length}, every row full, AdamW")
-    table.add_column("approach")
-    table.add_column("estimated peak MB", justify="right")
-    table.add_column("vs seed", justify="right")
-    for name, mb in rows:
-        table.add_row(name, f"{mb:,.0f}", f"{mb / rows[-1][1]:.2f}x")
-    Console(width=140).print(table)
-    return 0

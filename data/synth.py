@@ -17,7 +17,20 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
+
+from shardtune.options import Config, option
+
+
+@dataclass
+class SynthConfig(Config):
+    SECTION = "synth"
+
+    lines: int = option(10_000, "lines to write", min=0)
+    seed: int = option(0, "random seed: the same seed writes the same file", min=0)
+    malformed_rate: float = option(0.0, "share of lines made malformed, to exercise error handling", min=0, max=1,
+                                   metavar="P")
 
 COLORS = ["Neon Pink", "Black", "Navy Blue", "Red", "Forest Green", "Purple", "Yellow", "White", "Silver", "Teal",
           "Hot Pink", "Zebra", "Leopard", "Gold", "Orange", "Sky Blue"]

@@ -1,0 +1,1 @@
+"""shardtune.data: the bundled sample and the generator that wrote it."""

@@ -1,0 +1,5 @@
+"""One module per `shardtune` command: `add_parser(sub)` declares it, `run(args)` runs it.
+
+A command module imports only configs at the top (they are light); the stage it runs
+is imported inside `run`, so building the parser never loads torch, numpy or Polars.
+"""

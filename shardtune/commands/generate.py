@@ -1,0 +1,54 @@
+"""`shardtune generate MODEL [QUESTION]`: answers, asked in the template the model was trained with."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from shardtune.errors import UserError
+from shardtune.infer.config import GenerateConfig
+from shardtune.options import add_command
+
+
+def add_parser(sub) -> None:
+    p = add_command(sub, "generate", GenerateConfig, run, help="answer questions about products with a trained model",
+                    description="Answer a question about a product (its title, or a sentence about it) with a "
+                    "trained model, asked in the prompt template it was trained with (read from the model "
+                    "folder's shardtune.json). Streams the answer on a terminal; stops at EOS or "
+                    "--max-new-tokens.")
+    p.add_argument("model", metavar="MODEL_DIR", help="a run's final/ folder, or any Hugging Face causal LM")
+    p.add_argument("question", nargs="?", metavar="QUESTION", help="e.g. 'Girls Ballet Tutu Neon Pink'")
+    p.add_argument("--interactive", action="store_true", help="ask questions in a loop (Ctrl-D or 'exit' ends it)")
+    p.add_argument("--input", type=Path, metavar="FILE", help="one question per line, or JSONL with a 'title' field")
+    p.add_argument("--output", type=Path, metavar="FILE", help="JSONL answers for --input (default: INPUT.answers.jsonl)")
+
+
+def run(args, config) -> int:
+    from shardtune.infer.generate import Answerer, answer_file
+
+    if args.question is None and not args.interactive and args.input is None:
+        raise UserError("give a QUESTION, --interactive, or --input FILE")
+    if args.input is not None and not args.input.is_file():
+        raise UserError(f"input file not found: {args.input}")
+    answerer = Answerer.load(args.model)
+    if args.input is not None:
+        dst = args.output or args.input.with_suffix(".answers.jsonl")
+        n = answer_file(answerer, args.input, dst, config)
+        print(f"{n:,} answers -> {dst}")
+        return 0
+    if args.question is not None:
+        stream = sys.stdout.isatty()
+        result = answerer.answer([args.question], config, stream=stream)[0]
+        if not stream:
+            print(result["answer"])
+        return 0
+    while True:
+        try:
+            question = input("question> ").strip()
+        except EOFError:
+            print()
+            return 0
+        if question in ("exit", "quit"):
+            return 0
+        if question:
+            answerer.answer([question], config, stream=True)

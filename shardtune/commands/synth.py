@@ -1,0 +1,24 @@
+"""`shardtune synth OUT`: trn.json-like test data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from shardtune.data.synth import SynthConfig
+from shardtune.options import add_command
+
+
+def add_parser(sub) -> None:
+    p = add_command(sub, "synth", SynthConfig, run, help="generate trn.json-like test data",
+                    description="Write N lines shaped like the AmazonTitles trn.json (quirks included), "
+                    "deterministic by --seed; gzip-compressed when OUT ends in .gz.")
+    p.add_argument("out", type=Path, metavar="OUT", help="file to write")
+
+
+def run(args, config) -> int:
+    from shardtune.data.synth import write_synth
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    size = write_synth(args.out, config.lines, config.seed, config.malformed_rate)
+    print(f"wrote {config.lines:,} lines ({size / 1e6:,.1f} MB) to {args.out}")
+    return 0

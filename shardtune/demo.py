@@ -1,0 +1,93 @@
+"""`shardtune demo`: the whole pipeline on the bundled sample, offline, on a CPU, in a few minutes.
+
+bundled data -> etl -> tokenize -> train -> eval -> a few answers, every artefact
+under one folder. Each stage is the same public entry function the CLI calls; the
+demo only chooses small settings.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+from .options import Config, option
+
+
+
+def bundled_sample() -> Path:
+    """data/sample_trn.json, wherever the shardtune.data package was installed."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("shardtune.data")
+    return Path(list(spec.submodule_search_locations)[0]) / "sample_trn.json"  # type: ignore[union-attr]
+
+
+@dataclass
+class DemoConfig(Config):
+    SECTION = "demo"
+
+    model: str = option("tiny", "model to fine-tune (e.g. distilgpt2 where the hub can be reached)", metavar="NAME")
+    steps: int = option(200, "training steps", min=1)
+    samples: int = option(30, "held-out products answered in the report", min=1)
+
+
+def run_demo(out: Path, inputs: list[Path] | None = None, config: DemoConfig | None = None) -> dict:
+    from .console import log
+    from .etl.config import EtlConfig
+    from .etl.pipeline import run_etl
+    from .infer.config import EvalConfig, GenerateConfig
+    from .infer.evaluate import run_eval
+    from .infer.generate import Answerer
+    from .models import is_fresh_only, tokenizer_name
+    from .tokens.config import TokenizeConfig
+    from .tokens.tokenize import run_tokenize
+    from .train.config import TrainConfig
+    from .train.loop import run_train
+
+    config = (config or DemoConfig()).check()
+    sample = bundled_sample()
+    if not inputs and not sample.exists():
+        raise UserError(f"the bundled sample {sample} is missing; pass --input FILE")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file; give a folder with --out")
+    if out.exists() and any(out.iterdir()):
+        if not (out / "demo.txt").exists():
+            raise UserError(f"{out} is not empty and not an earlier demo; choose another --out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "demo.txt").write_text("Written by `shardtune demo`; the next demo run replaces this folder.\n")
+    timings: dict[str, float] = {}
+
+    def stage(name: str, fn):
+        start = time.perf_counter()
+        result = fn()
+        timings[name] = time.perf_counter() - start
+        log(f"demo: {name} done in {timings[name]:.1f} s")
+        return result
+
+    model, steps = config.model, config.steps
+    etl = stage("etl", lambda: run_etl(inputs or [sample], out / "clean", EtlConfig()))
+    log(f"demo: etl kept {etl.records_kept:,} of {etl.lines_read:,} lines ({etl.malformed} malformed, "
+        f"dropped {sum(etl.dropped.values()):,})")
+    tok = stage("tokenize", lambda: run_tokenize(out / "clean", out / "tokens", TokenizeConfig(
+        tokenizer=tokenizer_name(model), max_length=128, val_fraction=0.1)))
+    log(f"demo: {tok.splits['train'].examples:,} train / {tok.splits['val'].examples:,} val examples")
+    small = is_fresh_only(model)
+    train = stage("train", lambda: run_train(out / "tokens", out / "run", TrainConfig(
+        model=model, max_steps=steps, batch_size=8 if small else 16, lr=2e-3 if small else 5e-5,
+        warmup_steps=10, schedule="cosine", eval_steps=max(1, steps // 4), save_steps=steps,
+        log_steps=max(1, steps // 10), eval_examples=200, max_length=128)))
+    report = stage("eval", lambda: run_eval(model, str(out / "run" / "final"), out / "tokens", out / "eval",
+                                            EvalConfig(samples=config.samples, eval_examples=200, max_new_tokens=48)))
+    answerer = Answerer.load(str(out / "run" / "final"))
+    for sample in report["samples"][:3]:
+        reply = answerer.answer([sample["question"]], GenerateConfig(max_new_tokens=48, temperature=0.0))[0]
+        log(f"demo: Q: {sample['question']}\n      A: {reply['answer']}")
+    total = sum(timings.values())
+    log("demo: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + f"; total {total:.0f} s")
+    log(f"demo: everything is under {out}: clean/ (Parquet), tokens/ (Arrow), run/final (the model), "
+        f"eval/report.md")
+    return {"timings": timings, "train": train, "report": report}

@@ -1,0 +1,129 @@
+"""The one way every command gets a model: training, generation, eval, the planner and
+the benchmarks all call `load_model` or `load_for_inference`.
+
+A model name is one of:
+- a preset: a published shape built with fresh weights (`tiny`, or `distilgpt2` with
+  --from-scratch), for offline runs and for speed and memory figures;
+- a local folder: a run's final/ or any Hugging Face model folder;
+- a Hugging Face hub name, loaded from the hub or, offline, from the local cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shardtune.errors import UserError
+from shardtune.hub import hub_reachable, is_local, model_key, quiet_transformers
+
+from .family import Family
+from .gpt2 import GPT2
+
+FAMILIES: tuple[Family, ...] = (GPT2(),)
+
+
+def preset_family(name: str) -> Family | None:
+    """The family that has `name` as a preset, if any."""
+    key = model_key(name)
+    return next((f for f in FAMILIES if key in f.presets), None)
+
+
+def family_of(model: Any) -> Family | None:
+    model_type = getattr(model.config, "model_type", None)
+    return next((f for f in FAMILIES if model_type in f.model_types), None)
+
+
+def is_fresh_only(name: str) -> bool:
+    """A preset with no pretrained weights anywhere (`tiny`): always built fresh."""
+    family = preset_family(name)
+    return family is not None and model_key(name) not in family.hub_presets and not is_local(name)
+
+
+def tokenizer_name(model: str) -> str:
+    """The tokenizer to tokenize for `model`: a preset's family tokenizer, else the model's own."""
+    return preset_family(model).tokenizer if is_fresh_only(model) else model
+
+
+def looks_like_path(name: str) -> bool:
+    """A name that can only be a folder: hub names are "org/model" at most."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or name.endswith("/")
+
+
+def load_model(name: str, *, from_scratch: bool = False, vocab_size: int | None = None, eos_id: int | None = None,
+               prepare: bool = True) -> Any:
+    """A causal LM from a preset, a folder or the hub; user mistakes become one-line UserErrors.
+    `prepare=False` keeps stock modules (the seed's baseline)."""
+    model = _load(name, from_scratch, vocab_size, eos_id, prepare)
+    family = family_of(model)
+    return family.prepare(model) if prepare and family is not None else model
+
+
+def _load(name: str, from_scratch: bool, vocab_size: int | None, eos_id: int | None, prepare: bool) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    quiet_transformers()
+    family = preset_family(name)
+    if is_fresh_only(name) or (from_scratch and family is not None and not is_local(name)):
+        return family.build(model_key(name), vocab_size, eos_id, prepare=prepare)
+    if is_local(name):
+        if not (Path(name).expanduser() / "config.json").exists():
+            raise UserError(f"{name} is not a model folder (no config.json); give a run's final/ folder or a "
+                            "Hugging Face model folder")
+        try:
+            return AutoModelForCausalLM.from_pretrained(Path(name).expanduser())
+        except (OSError, ValueError, KeyError) as e:
+            raise UserError(f"{name} is not a causal language model folder transformers can load: "
+                            f"{str(e).splitlines()[0]}") from None
+    if from_scratch:
+        known = ", ".join(p for f in FAMILIES for p in f.presets)
+        raise UserError(f"--from-scratch knows these shapes: {known}; not {name!r}")
+    if looks_like_path(name):
+        raise UserError(f"model folder not found: {name}")
+    if not hub_reachable():
+        try:
+            return AutoModelForCausalLM.from_pretrained(name, local_files_only=True)
+        except (OSError, ValueError):
+            hint = " or --from-scratch for fresh weights in its architecture" if family is not None else ""
+            raise UserError(f"cannot load model {name!r}: the Hugging Face hub is unreachable and it is not in the "
+                            f"local cache; pass a downloaded model folder{hint}") from None
+    try:
+        return AutoModelForCausalLM.from_pretrained(name)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load model {name!r}: {str(e).splitlines()[0]}") from None
+
+
+@dataclass
+class Loaded:
+    """A model ready to answer: its tokenizer, the template it was taught with, its context."""
+
+    model: Any
+    tokenizer: Any
+    template: Any  # shardtune.template.PromptTemplate
+    context: int
+    run_dir: Path | None  # the run that trained it, when shardtune did
+
+
+def load_for_inference(name: str) -> Loaded:
+    """A model and everything needed to ask it questions the way it was trained."""
+    import torch
+
+    from shardtune.manifest import RunInfo
+    from shardtune.template import PromptTemplate
+    from shardtune.tokens.tokenizer import load_tokenizer
+
+    info = RunInfo.read(Path(name).expanduser()) if is_local(name) and Path(name).expanduser().is_dir() else None
+    if is_fresh_only(name):
+        torch.manual_seed(42)  # the weights `shardtune train --model tiny` starts from
+    model = load_model(name)
+    tokenizer = load_tokenizer(str(Path(name).expanduser()) if is_local(name) else tokenizer_name(name))
+    template = PromptTemplate(info.template) if info else PromptTemplate()
+    config = model.config
+    context = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None) or 1024
+    return Loaded(model, tokenizer, template, int(context), Path(info.run_dir) if info and info.run_dir else None)
+
+
+def enable_activation_checkpointing(model: Any) -> None:
+    """Recompute each layer's activations in the backward pass (transformers renamed the method)."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()

@@ -1,0 +1,1 @@
+"""shardtune.tokens: the pre-tokenization stage (cleaned Parquet -> memory-mapped token shards)."""

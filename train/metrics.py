@@ -1,0 +1,58 @@
+"""RUN_DIR/metrics.jsonl: the one owner of its format. One JSON object per line:
+
+    {"type": "train", "step": 100, "epoch": 0, "loss": 2.31, "lr": 5e-05, "grad_norm": 0.91,
+     "tokens_per_s": 21034.5, "padding": 0.011, "peak_memory_mb": 2610.0}
+    {"type": "eval", "step": 500, "val_loss": 2.05, "val_perplexity": 7.77, "val_tokens": 81234}
+
+`peak_memory_mb` is the peak GPU memory allocated (torch.cuda.max_memory_allocated) on a
+GPU, and the process's peak resident memory (ru_maxrss) on the CPU.
+Training appends; eval, the benchmarks and the tests read through `MetricsLog`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from shardtune.files import atomic_open
+
+FILE = "metrics.jsonl"
+
+
+class MetricsLog:
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / FILE
+
+    def append(self, entry: dict) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry) + "\n")
+
+    def read(self, kind: str | None = None) -> list[dict]:
+        """Every entry (of one `kind`, "train" or "eval"); a line torn by a kill is skipped."""
+        if not self.path.exists():
+            return []
+        entries = []
+        with open(self.path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(entry, dict) and (kind is None or entry.get("type") == kind):
+                    entries.append(entry)
+        return entries
+
+    def truncate_after(self, step: int) -> None:
+        """Forget what an interrupted run logged after its last checkpoint (atomically)."""
+        kept = [e for e in self.read() if e.get("step", 0) <= step]
+        with atomic_open(self.path, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(e) + "\n" for e in kept)
+
+
+def describe(entry: dict) -> str:
+    """The log line of one entry."""
+    if entry["type"] == "eval":
+        return f"step {entry['step']:>6}: val loss {entry['val_loss']:.4f}, perplexity {entry['val_perplexity']:.2f}"
+    return (f"step {entry['step']:>6}: loss {entry['loss']:.4f}, lr {entry['lr']:.2e}, "
+            f"{entry['tokens_per_s']:,.0f} tokens/s, padding {entry['padding']:.1%}, "
+            f"grad norm {entry['grad_norm']:.2f}, peak memory {entry['peak_memory_mb']:,.0f} MB")
