@@ -38,20 +38,22 @@ def _titles(n: int) -> list[str]:
     return [json.loads(line)["title"] for line in synth_lines(n, seed=123)]
 
 
-def bench_generate(config: BenchGenerateConfig) -> int:
+def generate_rows(model_dir: Path, questions: int, max_new_tokens: int) -> list[tuple[str, float, int, float]]:
+    """(approach, seconds, answer tokens, mean time to first token): the seed's one-at-a-time
+    model.generate, then `shardtune generate` in batches of 1, 8 and 32."""
     from shardtune.console import log
     from shardtune.errors import UserError
     from shardtune.infer.config import GenerateConfig
     from shardtune.infer.generate import Answerer
 
-    from .common import device_name, print_table, sync_device
+    from .common import sync_device
     from .seed_generate import seed_generate
 
-    model_dir, n = Path(config.model), config.max_new_tokens
+    n = max_new_tokens
     if not (model_dir / "config.json").exists():
         raise UserError(f"no model in {model_dir}; run `shardtune demo` first or pass --model RUN/final")
     answerer = Answerer.load(str(model_dir))
-    titles = _titles(config.questions)
+    titles = _titles(questions)
     greedy = GenerateConfig(max_new_tokens=n, temperature=0.0, repetition_penalty=1.0)
     first = GenerateConfig(max_new_tokens=1, temperature=0.0, repetition_penalty=1.0)
     answerer.answer(titles[:2], greedy)  # warm-up
@@ -70,8 +72,16 @@ def bench_generate(config: BenchGenerateConfig) -> int:
             generated += sum(r["new_tokens"] for r in answerer.answer(titles[s:s + batch], greedy))
         sync_device()
         rows.append((f"shardtune generate, batch {batch}", time.perf_counter() - start, generated, sum(ttft) / len(ttft)))
-    print_table(f"Greedy answers to {len(titles)} questions (up to {n} new tokens), {model_dir}, {device_name()}",
+    return rows
+
+
+def bench_generate(config: BenchGenerateConfig) -> int:
+    from .common import device_name, print_table
+
+    rows = generate_rows(Path(config.model), config.questions, config.max_new_tokens)
+    print_table(f"Greedy answers to {config.questions} questions (up to {config.max_new_tokens} new tokens), "
+                f"{config.model}, {device_name()}",
                 ["approach", "seconds", "answer tokens/s", "answers/s", "time to first token"],
-                [[name, f"{s:.1f}", f"{g / s:,.0f}", f"{len(titles) / s:,.1f}", f"{t * 1000:,.0f} ms"]
+                [[name, f"{s:.1f}", f"{g / s:,.0f}", f"{config.questions / s:,.1f}", f"{t * 1000:,.0f} ms"]
                  for name, s, g, t in rows])
     return 0

@@ -41,12 +41,47 @@ def run(args, config) -> int:
     return bench_train(config)
 
 
+def train_ours(tokens: Path, run_dir: Path, model: str, steps: int, batch_size: int, *flags: str,
+               env: dict | None = None) -> dict:
+    """`shardtune train` in its own process: the second half's useful tokens/s, padding and peak
+    memory (GPU memory allocated, or the process's RSS on the CPU), and the process's seconds."""
+    from shardtune.models import is_fresh_only
+    from shardtune.train.metrics import MetricsLog
+
+    from .common import run_measured
+
+    scratch = not is_fresh_only(model) and not Path(model).exists()
+    shutil.rmtree(run_dir, ignore_errors=True)
+    measured = run_measured(["-m", "shardtune.cli", "train", str(tokens), "--out", str(run_dir), "--model", model,
+                             *(["--from-scratch"] if scratch else []), "--max-steps", str(steps),
+                             "--batch-size", str(batch_size), "--log-steps", str(steps // 2),
+                             "--eval-steps", str(10**9), "--save-steps", str(10**9), "--eval-examples", "64", *flags],
+                            env)
+    steady = MetricsLog(run_dir).read("train")[-1]  # the second half of the steps
+    return {"tokens_per_s": steady["tokens_per_s"], "padding": steady["padding"], "seconds": measured.seconds,
+            "peak_mb": steady["peak_memory_mb"], "rss_mb": measured.peak_rss_mb}
+
+
+def train_seed(etl_dir: Path, out: Path, model: str, steps: int, batch_size: int, env: dict | None = None) -> dict:
+    """The seed's Trainer setup in its own process (seed_train.py), same figures as train_ours."""
+    from shardtune.models import is_fresh_only
+
+    from .common import run_measured
+
+    scratch = not is_fresh_only(model) and not Path(model).exists()
+    shutil.rmtree(out, ignore_errors=True)
+    measured = run_measured(["-m", "shardtune.benchmarks.seed_train", str(etl_dir), str(out), model,
+                             "1" if scratch else "0", str(steps), str(batch_size)], env)
+    result = json.loads((out / "result.json").read_text())
+    return {"tokens_per_s": result["useful_tokens_per_s"], "padding": result["padding"], "seconds": measured.seconds,
+            "peak_mb": result["peak_gpu_mb"] if result["peak_gpu_mb"] is not None else measured.peak_rss_mb,
+            "rss_mb": measured.peak_rss_mb}
+
+
 def bench_train(config: BenchTrainConfig) -> int:
     import torch
 
     from shardtune.console import log
-    from shardtune.models import is_fresh_only
-    from shardtune.train.metrics import MetricsLog
 
     from .common import device_name, print_table, run_measured, synth_input
 
@@ -59,30 +94,15 @@ def bench_train(config: BenchTrainConfig) -> int:
         src = synth_input(workdir, config.lines, 0.0)
         run_measured(["-m", "shardtune.cli", "etl", str(src), "--out", str(etl_dir)])
         run_measured(["-m", "shardtune.cli", "tokenize", str(etl_dir), "--out", str(tokens)])
-    scratch = not is_fresh_only(model) and not Path(model).exists()
-    half = steps // 2
-    run_dir = workdir / "run-shardtune"
-    shutil.rmtree(run_dir, ignore_errors=True)
     log(f"bench train: shardtune train ({model}, {steps} steps of {batch_size}) ...")
-    ours = run_measured(["-m", "shardtune.cli", "train", str(tokens), "--out", str(run_dir), "--model", model,
-                         *(["--from-scratch"] if scratch else []), "--max-steps", str(steps),
-                         "--batch-size", str(batch_size), "--log-steps", str(half), "--eval-steps", str(10**9),
-                         "--save-steps", str(10**9), "--eval-examples", "64"])
-    steady = MetricsLog(run_dir).read("train")[-1]  # the second half of the steps
+    ours = train_ours(tokens, workdir / "run-shardtune", model, steps, batch_size)
     log("bench train: the seed's Trainer setup ...")
-    seed_dir = workdir / "run-seed"
-    shutil.rmtree(seed_dir, ignore_errors=True)
-    seed = run_measured(["-m", "shardtune.benchmarks.seed_train", str(etl_dir), str(seed_dir), model,
-                         "1" if scratch else "0", str(steps), str(batch_size)])
-    seed_result = json.loads((seed_dir / "result.json").read_text())
-
-    ours_mem = steady["peak_memory_mb"] if cuda else ours.peak_rss_mb
-    seed_mem = seed_result["peak_gpu_mb"] if cuda else seed.peak_rss_mb
-    rows = [["shardtune train", f"{steady['tokens_per_s']:,.0f}", f"{steady['padding']:.1%}", f"{ours_mem:,.0f}"],
-            ["seed (Trainer, padded to 256)", f"{seed_result['useful_tokens_per_s']:,.0f}",
-             f"{seed_result['padding']:.1%}", f"{seed_mem:,.0f}"],
-            ["ratio", f"{steady['tokens_per_s'] / seed_result['useful_tokens_per_s']:.2f}x", "",
-             f"{ours_mem / seed_mem:.2f}x"]]
+    seed = train_seed(etl_dir, workdir / "run-seed", model, steps, batch_size)
+    memory = "peak_mb" if cuda else "rss_mb"
+    rows = [["shardtune train", f"{ours['tokens_per_s']:,.0f}", f"{ours['padding']:.1%}", f"{ours[memory]:,.0f}"],
+            ["seed (Trainer, padded to 256)", f"{seed['tokens_per_s']:,.0f}", f"{seed['padding']:.1%}",
+             f"{seed[memory]:,.0f}"],
+            ["ratio", f"{ours['tokens_per_s'] / seed['tokens_per_s']:.2f}x", "", f"{ours[memory] / seed[memory]:.2f}x"]]
     print_table(f"Training {model} at batch {batch_size} x up to 256 tokens, {steps} steps (second half timed), "
                 f"{device_name()}", ["approach", "useful tokens/s", "padding",
                                      "peak GPU MB (max_memory_allocated)" if cuda else "peak RSS MB"], rows)

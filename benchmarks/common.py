@@ -20,10 +20,8 @@ from shardtune.errors import UserError
 
 
 def machine() -> str:
-    import psutil
-
-    return (f"{platform.machine()}, {psutil.cpu_count(logical=True)} CPUs, "
-            f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM, Python {platform.python_version()}")
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30 if hasattr(os, "sysconf") else 0
+    return f"{platform.machine()}, {os.cpu_count()} CPUs, {ram:.0f} GiB RAM, Python {platform.python_version()}"
 
 
 def device_name() -> str:
@@ -64,10 +62,10 @@ class Measured:
     output: str
 
 
-def run_measured(args: list[str]) -> Measured:
-    """Run `python ARGS...`; its output goes to a temporary file so that we can
-    reap the child ourselves with wait4, which reports that child's own peak RSS."""
-    env = dict(os.environ, SHARDTUNE_PLAIN_LOGS="1", PYTHONUNBUFFERED="1")
+def run_measured(args: list[str], env: dict | None = None) -> Measured:
+    """Run `python ARGS...` (with `env` added to the environment); its output goes to a temporary
+    file so that we can reap the child ourselves with wait4, which reports its own peak RSS."""
+    env = dict(os.environ, SHARDTUNE_PLAIN_LOGS="1", PYTHONUNBUFFERED="1", **(env or {}))
     with tempfile.TemporaryFile("w+") as log:
         start = time.perf_counter()
         proc = subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, env=env)

@@ -77,6 +77,90 @@ def seed_step(model, batch: int, length: int, dtype: torch.dtype):
     return step
 
 
+def seed_train_step(batch: int, length: int):
+    """The seed's Trainer step, operator for operator, for the step-time model (train/steptime.py):
+    Hugging Face's loss over all padded positions with an attention mask, the fp16 GradScaler
+    (scale, unscale and check, update), clipping, fused AdamW. The Trainer's per-step
+    isnan/isinf check reads the loss back; seed_syncs_per_step() counts such reads."""
+    from shardtune.train.steptime import _fused_adamw, clip_grad_norm
+
+    def make(device: str):
+        input_ids = torch.zeros(batch, length, dtype=torch.long, device=device)
+        mask = torch.ones(batch, length, dtype=torch.long, device=device)
+        scale, growth = torch.full((), 65536.0, device=device), torch.zeros((), dtype=torch.int32, device=device)
+
+        def step(model, params, state):
+            loss = model(input_ids=input_ids, attention_mask=mask, labels=input_ids).loss
+            (loss * scale).backward()
+            found_inf = torch.zeros((), device=device)
+            torch._amp_foreach_non_finite_check_and_unscale_([p.grad for p in params], found_inf, scale.reciprocal())
+            clip_grad_norm(params, 1.0)
+            _fused_adamw(params, state, found_inf=found_inf)
+            torch._amp_update_scale_(scale, growth, found_inf, 2.0, 0.5, 2000)
+            torch.isnan(loss) | torch.isinf(loss)  # the Trainer's nan/inf filter (its read-back is counted apart)
+
+        return step
+
+    return make
+
+
+def seed_trainer_overhead(model_dir: Path, steps: int = 20) -> tuple[float, float]:
+    """(reads of device values, host seconds) per steady-state step of the real Hugging Face
+    Trainer loop, on a micro twin of the model (`model_dir`) with 16-token examples: the step
+    and the loop's own Python (dataloader, collator, accelerate, callbacks) around it.
+    Counted as the difference between 2 x `steps` and `steps` steps, so start-up and the end cancel."""
+    import tempfile
+
+    from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
+
+    from transformers import AutoModelForCausalLM
+
+    from shardtune.tokens.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer("gpt2")
+    tokenizer.pad_token = tokenizer.eos_token
+
+    def run(n: int) -> tuple[int, float]:
+        model = AutoModelForCausalLM.from_pretrained(model_dir)
+        examples = [{"input_ids": list(range(1000, 1016)), "attention_mask": [1] * 16} for _ in range(n)]
+        with tempfile.TemporaryDirectory() as out:
+            args = TrainingArguments(output_dir=out, per_device_train_batch_size=1, max_steps=n, save_strategy="no",
+                                     logging_steps=10**6, report_to=[], use_cpu=not torch.cuda.is_available(),
+                                     disable_tqdm=True, optim="adamw_torch_fused", fp16=torch.cuda.is_available())
+            trainer = Trainer(model=model, args=args, train_dataset=examples,
+                              data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False))
+            trace = OpTrace()
+            start = time.perf_counter()
+            with trace:
+                trainer.train()
+            return trace.syncs, time.perf_counter() - start
+
+    from shardtune.train.trace import OpTrace
+
+    run(2)  # warm-up
+    (s1, t1), (s2, t2) = run(steps), run(2 * steps)
+    return (s2 - s1) / steps, (t2 - t1) / steps
+
+
+def seed_collate_seconds(batch: int = 16, length: int = 256) -> float:
+    """The seed's collation of one batch on the main thread: DataCollatorForLanguageModeling
+    over examples already padded to `length` (lists of ints to tensors, labels copied)."""
+    from transformers import DataCollatorForLanguageModeling
+
+    from shardtune.tokens.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer("gpt2")
+    tokenizer.pad_token = tokenizer.eos_token
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
+    examples = [{"input_ids": list(range(1000, 1000 + length)), "attention_mask": [1] * length}
+                for _ in range(batch)]
+    collator(examples)
+    start = time.perf_counter()
+    for _ in range(20):
+        collator(examples)
+    return (time.perf_counter() - start) / 20
+
+
 if __name__ == "__main__":
     etl_dir, out, model, scratch, steps, batch = sys.argv[1:7]
     Path(out).mkdir(parents=True, exist_ok=True)

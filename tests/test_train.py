@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -84,8 +85,9 @@ def test_rounding_shapes_up_for_the_gpu_changes_no_loss(tokens):
     loss_fn = AnswerLoss(tiny()).eval()
     data = TokenShards(sorted((tokens / "train").glob("*.arrow")))
     plain = collate(data, [0, 1, 2], 64, "answer", 50256)
-    rounded = collate(data, [0, 1, 2], 64, "answer", 50256, pad_multiple=16, rows_multiple=64)
-    assert rounded.input_ids.shape[1] % 16 == 0 and len(rounded.targets) % 64 == 0
+    rounded = collate(data, [0, 1, 2], 64, "answer", 50256, buckets=np.array([48, 64]), rows_multiple=64,
+                      batch_rows=8)
+    assert rounded.input_ids.shape == (8, 64) and len(rounded.targets) % 64 == 0  # 5 rows of padding added
     assert rounded.predicted == plain.predicted == int((plain.targets != -100).sum())
     loss = lambda b: float(batch_loss(loss_fn, b))  # noqa: E731
     with torch.no_grad():
@@ -253,7 +255,7 @@ def test_two_micro_batches_of_8_give_the_gradient_of_one_batch_of_16(tokens, tmp
             if isinstance(m, torch.nn.Dropout):
                 m.p = 0.0  # dropout would draw different masks for different batch shapes
         parts = [order[i:i + batch_size] for i in range(0, 16, batch_size)]
-        trainer._next_micro_batches = lambda: [trainer._collate(data, p) for p in parts]
+        trainer._next_step = lambda: ([trainer._collate(data, p) for p in parts], (0, 16 // batch_size))
         grads, zero_grad = {}, trainer.optimizer.zero_grad
 
         def keep_then_zero(set_to_none=True):  # the step's gradient, as the optimizer used it
@@ -319,3 +321,89 @@ def test_a_checkpoint_of_another_model_is_refused(tokens, tmp_path, capsys):
     optimizer = torch.optim.AdamW(other.parameters())
     with pytest.raises(UserError, match="cannot resume from"):
         load_checkpoint(ckpt, other, optimizer, torch.device("cpu"))
+
+
+def watch_syncs(trainer):
+    """(syncs inside train_step, steps after which a sync happened outside it) over trainer.run()."""
+    from shardtune.train.trace import OpTrace
+
+    inside, outside, current = [], set(), {"step": None}
+    original = trainer.train_step
+
+    def watched():
+        current["step"] = trainer.state.step + 1
+        original()
+        current["step"] = None
+
+    trainer.train_step = watched
+
+    def seen(name):
+        if current["step"] is not None:
+            inside.append((current["step"], name))
+        else:
+            outside.add(trainer.state.step)
+
+    with OpTrace(on_sync=seen):
+        trainer.run()
+    return inside, outside
+
+
+def test_a_steady_state_step_never_reads_a_value_back_from_the_device(tokens, tmp_path):
+    trainer = Trainer(tokens, tmp_path / "run", small(max_steps=12, log_steps=4, eval_steps=8, save_steps=6))
+    inside, outside = watch_syncs(trainer)
+    assert inside == []  # no step waits for the device
+    assert {0, 4, 8, 12} <= outside <= {0, 4, 6, 8, 12}  # reads only to log, evaluate and save
+
+
+def test_the_sync_detector_sees_a_read_back(tokens, tmp_path, monkeypatch):
+    from shardtune.train.loop import Counters
+
+    original = Counters.add
+    monkeypatch.setattr(Counters, "add", lambda self, loss, *a: (float(loss), original(self, loss, *a))[1])
+    inside, _ = watch_syncs(Trainer(tokens, tmp_path / "run", small(max_steps=3, log_steps=3)))
+    assert [step for step, _ in inside] == [1, 2, 3]
+
+
+def test_batches_made_ahead_on_a_thread_train_exactly_as_made_in_line(tokens, tmp_path, monkeypatch):
+    run_train(tokens, tmp_path / "ahead", small(max_steps=6))
+    monkeypatch.setattr(Trainer, "_next_step", lambda self: self._make_step((self.state.epoch, self.state.batch_in_epoch)))
+    run_train(tokens, tmp_path / "in-line", small(max_steps=6))
+    ahead, in_line = metrics(tmp_path / "ahead", "train"), metrics(tmp_path / "in-line", "train")
+    assert [e["loss"] for e in ahead] == [e["loss"] for e in in_line] and len(ahead) == 6
+
+
+def test_length_buckets_keep_shapes_few_and_padding_low():
+    from shardtune.train.data import bucket_of, length_buckets
+
+    rng = np.random.default_rng(0)
+    lengths = np.minimum(rng.lognormal(4.8, 0.45, 20_000).astype(int) + 20, 256)  # like catalogue examples
+    buckets = length_buckets(lengths, 256, 16)
+    assert len(buckets) <= 16 and buckets[-1] == lengths.max() and (buckets % 8 == 0).all()
+    shapes, real, total = set(), 0, 0
+    for batch in epoch_batches(lengths, 16, seed=1, epoch=0, buckets=buckets):
+        length = bucket_of(int(lengths[batch].max()), buckets, 256)
+        shapes.add(length)
+        real, total = real + int(lengths[batch].sum()), total + 16 * length
+    assert len(shapes) <= 16 and 1 - real / total < 0.05  # the goals at max length 256
+    uniform = np.arange(16, 257, 16)  # 16 equal buckets pad more than buckets fitted to the data
+    assert (uniform[np.searchsorted(uniform, lengths)] - lengths).sum() > (buckets[np.searchsorted(buckets, lengths)] - lengths).sum()
+    everything = sorted(int(i) for b in epoch_batches(lengths, 16, seed=1, epoch=0, buckets=buckets) for i in b)
+    assert everything == list(range(len(lengths)))  # every example once an epoch
+
+
+@pytest.mark.slow
+def test_the_compiled_body_gives_the_eager_loss_and_gradients(tokens):
+    data = TokenShards(sorted((tokens / "train").glob("*.arrow")))
+    batch = collate(data, list(range(8)), 64, "answer", 50256, buckets=np.array([64]))
+
+    def loss_and_grads(compiled: bool):
+        model = tiny().eval()  # no dropout: the two runs must draw nothing random
+        body = torch.compile(model.base_model) if compiled else None
+        loss = batch_loss(AnswerLoss(model, body=body), batch)
+        loss.backward()
+        return float(loss), [p.grad for p in model.parameters()]
+
+    (eager, eager_grads), (compiled, compiled_grads) = loss_and_grads(False), loss_and_grads(True)
+    assert compiled == pytest.approx(eager, rel=1e-4)
+    for a, b in zip(compiled_grads, eager_grads):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)

@@ -43,16 +43,18 @@ class TrainConfig(Config):
     save_steps: int = option(500, "checkpoint every N steps", min=1, group=LOOP)
     save_total_limit: int = option(1, "checkpoints kept", min=1, group=LOOP)
     log_steps: int = option(100, "log a line every N steps", min=1, group=LOOP)
-    max_bad_steps: int = option(10, "non-finite losses in a row before the run stops", min=1, group=LOOP)
+    max_bad_steps: int = option(10, "non-finite losses in a row before the run stops (checked when a line is "
+                                "logged, so up to --log-steps late: steps never wait to read the loss)", min=1,
+                                group=LOOP)
     resume: bool = option(False, "continue from the newest checkpoint in RUN_DIR", group=LOOP)
 
     precision: str = option("auto", "auto: bf16 on Ampere and newer, fp16 with a scaler on older GPUs, fp32 on "
                             "the CPU", choices=("auto", "bf16", "fp16", "fp32"), group=SPEED)
-    pad_multiple: int = option(0, "round batch lengths up to a multiple of N (0: 16 on a GPU, 1 on the CPU)",
-                               min=0, group=SPEED)
+    length_buckets: int = option(16, "batch lengths come from at most N fixed lengths, chosen from the data to "
+                                 "pad least (0: pad each batch to its longest example)", min=0, max=256, group=SPEED)
     grad_checkpointing: bool = option(False, "recompute activations in the backward pass to save GPU memory",
                                       group=SPEED)
-    compile: bool = option(False, "torch.compile the model", group=SPEED)
+    compile: bool = option(False, "torch.compile the model body (with CUDA graphs on a GPU)", group=SPEED)
 
     def validate(self) -> None:
         if self.epochs < 1 and self.max_steps < 1:

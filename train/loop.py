@@ -29,7 +29,7 @@ from shardtune.tokens.shards import TokenShards
 
 from .checkpoint import TrainState, checkpoint_dirs, load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .data import collate, epoch_batches
+from .data import Prefetcher, collate, epoch_batches, length_buckets
 from .device import cap_gpu_memory, choose_precision, peak_memory_mb
 from .loss import AnswerLoss, batch_loss, summed_loss
 from .metrics import MetricsLog, describe
@@ -44,24 +44,39 @@ def lr_at(step: int, total: int, config: TrainConfig) -> float:
     return config.lr * max(0.0, 1 - progress)
 
 
-class Window:
-    """Loss, tokens and time since the last log line."""
+class Counters:
+    """What the steps since the last log line add up to. The loss, the gradient norm and the
+    non-finite count stay on the device, so that no step waits for the GPU; they are read
+    back once per log line (and before an evaluation or a checkpoint)."""
 
-    def __init__(self) -> None:
-        self.loss, self.steps, self.real, self.padded = 0.0, 0, 0, 0
+    def __init__(self, device: torch.device, bad_run: int = 0) -> None:
+        zero = lambda: torch.zeros((), device=device)  # noqa: E731
+        self.loss, self.skipped, self.grad_norm = zero(), zero(), zero()
+        self.bad_run = zero() + bad_run  # non-finite steps in a row, across log lines
+        self.bad_max = self.bad_run.clone()  # the longest such run since the last read
+        self.steps = self.real = self.padded = 0
         self.start = time.perf_counter()
 
-    def add(self, step: dict) -> None:
-        self.loss += 0.0 if step["skipped"] else step["loss"]
-        self.steps += 1
-        self.real += step["real_tokens"]
-        self.padded += step["padded_tokens"]
+    def add(self, loss: torch.Tensor, grad_norm: torch.Tensor, bad: torch.Tensor, real: int, padded: int) -> None:
+        self.loss += torch.where(bad, 0.0, loss)
+        self.skipped += bad
+        self.bad_run = (self.bad_run + 1) * bad
+        self.bad_max = torch.maximum(self.bad_max, self.bad_run)
+        self.grad_norm = grad_norm
+        self.steps, self.real, self.padded = self.steps + 1, self.real + real, self.padded + padded
 
-    def padding(self) -> float:
-        return self.padded / max(1, self.real + self.padded)
-
-    def tokens_per_s(self, world: int) -> float:
-        return self.real * world / max(time.perf_counter() - self.start, 1e-9)
+    def read(self, world: int) -> dict:
+        """The window's figures: the one read-back from the device, then a fresh window."""
+        loss, skipped, grad_norm, bad_run, bad_max = torch.stack(
+            [self.loss, self.skipped, self.grad_norm, self.bad_run, self.bad_max]).tolist()
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        out = {"loss": loss / max(1, self.steps), "grad_norm": grad_norm, "skipped": int(skipped),
+               "bad_run": int(bad_run), "bad_max": int(bad_max), "tokens_per_s": self.real * world / elapsed,
+               "padding": self.padded / max(1, self.real + self.padded)}
+        self.loss.zero_(), self.skipped.zero_(), self.bad_max.copy_(self.bad_run)
+        self.steps = self.real = self.padded = 0
+        self.start = time.perf_counter()
+        return out
 
 
 class Trainer:
@@ -75,6 +90,13 @@ class Trainer:
         self.val_data = TokenShards(self.manifest.shard_paths(tokens_dir, "val"))
         if len(self.train_data) == 0:
             raise UserError(f"{tokens_dir} holds no training examples")
+        # Few shapes: batch lengths from a fixed set chosen from the data; on a GPU also a fixed
+        # number of rows, and predicted positions rounded up, so matrix shapes repeat.
+        lengths = np.concatenate([self.train_data.lengths, self.val_data.lengths])
+        self.buckets = length_buckets(lengths, config.max_length, config.length_buckets) \
+            if config.length_buckets else None
+        gpu = self.device.type == "cuda"
+        self.batch_rows, self.rows_multiple = (config.batch_size, 512) if gpu else (0, 1)
         self._check_run_dir()
         self.metrics = MetricsLog(run_dir)
 
@@ -89,17 +111,17 @@ class Trainer:
         if self.device.type == "cuda" and torch.cuda.get_device_capability(self.device)[0] >= 8:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        self.loss_fn = AnswerLoss(self.model)
+        self.loss_fn = AnswerLoss(self.model, body=self._compiled_body() if config.compile else None)
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.loss_fn = torch.nn.parallel.DistributedDataParallel(self.loss_fn, device_ids=ids)
-        if config.compile:
-            self.loss_fn = torch.compile(self.loss_fn)
         decay = [p for p in self.model.parameters() if p.dim() >= 2]
         no_decay = [p for p in self.model.parameters() if p.dim() < 2]
+        # Fused AdamW (CPU and CUDA) takes a found_inf tensor, so a non-finite step is skipped on
+        # the device instead of being checked on the host.
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=config.lr, fused=self.device.type == "cuda")
+            lr=config.lr, fused=True)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision.use_scaler)
         self.steps_per_epoch = len(self._batches(0)) // config.grad_accum
         if self.steps_per_epoch == 0:
@@ -108,7 +130,11 @@ class Trainer:
         self.state = TrainState(config=config.to_dict())
         if config.resume:
             self._resume()
-        self._epoch_cache: tuple[int, list] | None = None
+        self.counters = Counters(self.device, self.state.bad_steps)
+        self.tokens = {"real": 0, "padded": 0}  # this process's, since it started
+        self.lr = config.lr
+        self._epoch_cache: tuple[int, list] | None = None  # used by the prefetch thread only
+        self._prefetcher: Prefetcher | None = None
 
     # -- setup -------------------------------------------------------------------
     def _setup_device(self) -> torch.device:
@@ -121,6 +147,19 @@ class Trainer:
             cap_gpu_memory(device)
             return device
         return torch.device("cpu")
+
+    def _compiled_body(self):
+        """torch.compile of the transformer body. On CUDA, mode "reduce-overhead" records CUDA
+        graphs: a step's hundreds of kernel launches become one replay per shape, and the length
+        buckets keep the shapes few. The output layer and loss stay eager (chunked)."""
+        import torch._dynamo
+
+        limit = (len(self.buckets) if self.buckets is not None else 64) + 8
+        for name in ("recompile_limit", "cache_size_limit"):  # renamed across torch versions
+            if hasattr(torch._dynamo.config, name):
+                setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), limit))
+        mode = "reduce-overhead" if self.device.type == "cuda" else None
+        return torch.compile(self.model.base_model, mode=mode)
 
     def _check_run_dir(self) -> None:
         if self.run_dir.exists() and not self.run_dir.is_dir():
@@ -153,29 +192,34 @@ class Trainer:
     # -- data ----------------------------------------------------------------------
     def _batches(self, epoch: int) -> list[np.ndarray]:
         return epoch_batches(self.train_data.lengths, self.config.batch_size, self.config.seed, epoch,
-                             rank=self.rank, world=self.world)
+                             rank=self.rank, world=self.world, buckets=self.buckets)
 
-    def _next_micro_batches(self):
-        """The grad_accum micro-batches of the next step, advancing the data position."""
-        out = []
-        while len(out) < self.config.grad_accum:
-            if self._epoch_cache is None or self._epoch_cache[0] != self.state.epoch:
-                self._epoch_cache = (self.state.epoch, self._batches(self.state.epoch))
+    def _make_step(self, position: tuple[int, int]):
+        """(the grad_accum micro-batches of the step at `position`, the position after it).
+        Runs on the prefetch thread."""
+        epoch, index = position
+        micro = []
+        while len(micro) < self.config.grad_accum:
+            if self._epoch_cache is None or self._epoch_cache[0] != epoch:
+                self._epoch_cache = (epoch, self._batches(epoch))
             batches = self._epoch_cache[1]
-            usable = len(batches) - len(batches) % self.config.grad_accum
-            if self.state.batch_in_epoch >= usable:
-                self.state.epoch += 1
-                self.state.batch_in_epoch = 0
+            if index >= len(batches) - len(batches) % self.config.grad_accum:
+                epoch, index = epoch + 1, 0
                 continue
-            out.append(self._collate(self.train_data, batches[self.state.batch_in_epoch]))
-            self.state.batch_in_epoch += 1
-        return out
+            batch = self._collate(self.train_data, batches[index])
+            micro.append(batch.pin() if self.device.type == "cuda" else batch)
+            index += 1
+        return micro, (epoch, index)
+
+    def _next_step(self):
+        """The next step's micro-batches and the data position after them, made ahead."""
+        if self._prefetcher is None:
+            self._prefetcher = Prefetcher(self._make_step, (self.state.epoch, self.state.batch_in_epoch))
+        return self._prefetcher.next()
 
     def _collate(self, data: TokenShards, indices):
-        gpu = self.device.type == "cuda"
-        multiple = self.config.pad_multiple or (16 if gpu else 1)
         return collate(data, indices, self.config.max_length, self.config.loss_on, self.manifest.eos_id,
-                       pad_multiple=multiple, rows_multiple=256 if gpu else 1)
+                       buckets=self.buckets, rows_multiple=self.rows_multiple, batch_rows=self.batch_rows)
 
     def _autocast(self):
         if self.precision.autocast_dtype is None:
@@ -183,6 +227,8 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.precision.autocast_dtype)
 
     def _forward(self, batch):
+        if self.config.compile and self.device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()  # a new iteration: graph outputs may be reused
         with self._autocast():
             return batch_loss(self.loss_fn, batch.to(self.device))
 
@@ -190,44 +236,45 @@ class Trainer:
     def should_continue_training(self) -> bool:
         return self.state.step < self.total_steps
 
-    def train_step(self) -> dict:
-        micro = self._next_micro_batches()
+    def train_step(self) -> None:
+        """One optimizer step. It never reads a device value back: the loss, the gradient norm
+        and the non-finite check stay on the device (see Counters)."""
+        micro, position = self._next_step()
         lr = lr_at(self.state.step, self.total_steps, self.config)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        predicted = sum(b.predicted for b in micro)
-        total_loss = torch.zeros((), device=self.device)
+        predicted = max(1, sum(b.predicted for b in micro))
+        loss = None
         for i, batch in enumerate(micro):
-            sync = i == len(micro) - 1 or self.world == 1
-            ctx = contextlib.nullcontext() if sync or not hasattr(self.loss_fn, "no_sync") else self.loss_fn.no_sync()
-            with ctx:
-                loss = self._forward(batch) / max(predicted, 1)
-                self.scaler.scale(loss).backward()
-            total_loss += loss.detach()
+            last = i == len(micro) - 1
+            with contextlib.nullcontext() if last or self.world == 1 else self.loss_fn.no_sync():
+                part = self._forward(batch) / predicted
+                self.scaler.scale(part).backward()
+            loss = part.detach() if loss is None else loss + part.detach()
         self.scaler.unscale_(self.optimizer)
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad)
-        total_loss, grad_norm = torch.stack([total_loss, norm.to(total_loss)]).tolist()  # the step's one sync
-        finite = math.isfinite(total_loss)
-        if finite:
-            self.scaler.step(self.optimizer)  # the fp16 scaler itself skips steps with inf/nan gradients
-            self.state.bad_steps = 0
+        bad = ~(torch.isfinite(loss) & torch.isfinite(norm))
+        if self.scaler.is_enabled():
+            self.scaler.step(self.optimizer)  # skips a step with inf/nan gradients, on the device
+            self.scaler.update()
         else:
-            self.state.bad_steps += 1
-        self.scaler.update()
+            self.optimizer.found_inf, self.optimizer.grad_scale = bad.float(), None  # the same skip
+            self.optimizer.step()
+            del self.optimizer.found_inf, self.optimizer.grad_scale
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
-        if self.state.bad_steps >= self.config.max_bad_steps:
-            last = checkpoint_dirs(self.run_dir)
-            raise UserError(f"the loss was not finite for {self.state.bad_steps} steps in a row; stopped. "
-                            f"Last good checkpoint: {last[-1] if last else 'none'}. Try a lower --lr or --precision fp32")
-        return {"loss": total_loss, "lr": lr, "grad_norm": grad_norm, "skipped": not finite,
-                "real_tokens": sum(b.real_tokens for b in micro), "padded_tokens": sum(b.padded_tokens for b in micro)}
+        self.state.epoch, self.state.batch_in_epoch = position
+        real, padded = sum(b.real_tokens for b in micro), sum(b.padded_tokens for b in micro)
+        self.counters.add(loss, norm, bad, real, padded)
+        self.tokens["real"] += real
+        self.tokens["padded"] += padded
+        self.lr = lr
 
     def evaluate(self) -> dict:
         self.model.eval()
         n = len(self.val_data) if not self.config.eval_examples else min(len(self.val_data), self.config.eval_examples)
         order = epoch_batches(self.val_data.lengths[:n], self.config.batch_size, 0, 0, shuffle=False,
-                              rank=self.rank, world=self.world)
+                              rank=self.rank, world=self.world, buckets=self.buckets)
         loss, tokens = summed_loss(self._forward, (self._collate(self.val_data, idx) for idx in order))
         if self.world > 1:
             t = torch.tensor([loss, tokens], dtype=torch.float64, device=self.device)
@@ -242,32 +289,39 @@ class Trainer:
         self._write_config()
         if self.state.step == 0:
             self._record({"type": "eval", "step": 0, **self.evaluate()})
-        window, total = Window(), Window()
         with meter("train", self.total_steps, "steps", ("tokens",)) as progress:
             progress.update(self.state.step)
             while self.should_continue_training():
-                m = self.train_step()
-                window.add(m)
-                total.add(m)
+                self.train_step()
                 step, last = self.state.step, self.state.step == self.total_steps
                 if step % c.log_steps == 0 or last:
-                    self._record({"type": "train", "step": step, "epoch": self.state.epoch,
-                                  "loss": window.loss / window.steps, "lr": m["lr"], "grad_norm": m["grad_norm"],
-                                  "tokens_per_s": window.tokens_per_s(self.world), "padding": window.padding(),
-                                  "peak_memory_mb": peak_memory_mb(self.device)})
-                    window = Window()
+                    logged = self._log()
+                    progress.update(extra=f"loss {logged['loss']:.3f}  mem {logged['peak_memory_mb']:,.0f} MB")
                 if step % c.eval_steps == 0 and not last:
                     self._record({"type": "eval", "step": step, **self.evaluate()})
                 if step % c.save_steps == 0 and not last:
                     self._save()
-                progress.update(step, tokens=total.real * self.world,
-                                extra=f"loss {m['loss']:.3f}  mem {peak_memory_mb(self.device):,.0f} MB")
+                progress.update(step, tokens=self.tokens["real"] * self.world)
         final_eval = {"type": "eval", "step": self.state.step, **self.evaluate()}
         self._record(final_eval)
         self._save()
         self.finish()
-        return {**final_eval, "steps": self.state.step, "padding": total.padding(),
-                "peak_memory_mb": peak_memory_mb(self.device)}
+        padding = self.tokens["padded"] / max(1, self.tokens["real"] + self.tokens["padded"])
+        return {**final_eval, "steps": self.state.step, "padding": padding, "peak_memory_mb": peak_memory_mb(self.device)}
+
+    def _log(self) -> dict:
+        """Read the window back from the device, stop a diverging run, write the log line."""
+        w = self.counters.read(self.world)
+        self.state.bad_steps = w["bad_run"]
+        if w["bad_max"] >= self.config.max_bad_steps:
+            last = checkpoint_dirs(self.run_dir)
+            raise UserError(f"the loss was not finite for {w['bad_max']} steps in a row; stopped. Last good "
+                            f"checkpoint: {last[-1] if last else 'none'}. Try a lower --lr or --precision fp32")
+        entry = {"type": "train", "step": self.state.step, "epoch": self.state.epoch, "loss": w["loss"],
+                 "lr": self.lr, "grad_norm": w["grad_norm"], "tokens_per_s": w["tokens_per_s"],
+                 "padding": w["padding"], "skipped": w["skipped"], "peak_memory_mb": peak_memory_mb(self.device)}
+        self._record(entry)
+        return entry
 
     # -- outputs -----------------------------------------------------------------
     def _record(self, entry: dict) -> None:
@@ -280,6 +334,7 @@ class Trainer:
             write_json(self.run_dir / "config.json", {"train": self.config.to_dict(), "tokens": str(self.tokens_dir)})
 
     def _save(self) -> None:
+        self.state.bad_steps = int(self.counters.bad_run)  # a read-back: checkpoints are rare
         if self.is_rank0:
             self.state.scaler = self.scaler.state_dict() if self.scaler.is_enabled() else {}
             save_checkpoint(self.run_dir, self.model, self.optimizer, self.state, self.config.save_total_limit)
@@ -305,6 +360,8 @@ class Trainer:
         fsync_dir(self.run_dir)
 
     def close(self) -> None:
+        if self._prefetcher is not None:
+            self._prefetcher.close()
         if self.world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 

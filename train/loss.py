@@ -82,22 +82,26 @@ class AnswerLoss(nn.Module):
     every token alike.
     """
 
-    def __init__(self, model) -> None:
+    def __init__(self, model, body=None) -> None:
         super().__init__()
         self.model = model
+        self.body = body  # a compiled model.base_model, or None for the eager one
 
     def forward(self, input_ids, position_ids, predict_at, targets):
         # No attention mask: batches are padded on the right, and a causal model never
         # lets a real token see a later (padding) one. Without a mask, attention takes
         # the causal fast path (flash attention on a GPU) and no mask is ever built.
-        body = self.model.base_model(input_ids=input_ids, position_ids=position_ids)
+        body = (self.model.base_model if self.body is None else self.body)(input_ids=input_ids, position_ids=position_ids)
         hidden = body.last_hidden_state.flatten(0, 1).index_select(0, predict_at)
         head = self.model.get_output_embeddings()
         if getattr(head, "bias", None) is not None:  # rare for causal LMs; fall back to the plain path
             return nn.functional.cross_entropy(head(hidden).float(), targets, reduction="sum", ignore_index=IGNORE)
-        if torch.is_autocast_enabled(hidden.device.type):
-            hidden = hidden.to(torch.get_autocast_dtype(hidden.device.type))
-        with torch.autocast(hidden.device.type, enabled=False):
+        device = hidden.device.type
+        if not torch.amp.is_autocast_available(device):  # the meta device (bench overhead)
+            return linear_cross_entropy(hidden, head.weight, targets)
+        if torch.is_autocast_enabled(device):
+            hidden = hidden.to(torch.get_autocast_dtype(device))
+        with torch.autocast(device, enabled=False):
             return linear_cross_entropy(hidden, head.weight, targets)
 
 

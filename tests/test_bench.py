@@ -1,0 +1,28 @@
+"""The benchmarks that must run where there is no GPU: their code paths, on tiny shapes."""
+
+import pytest
+
+from shardtune.cli import main
+
+
+@pytest.mark.slow
+def test_bench_gpu_dry_run_writes_every_figure(tmp_path, capsys):
+    out = tmp_path / "gpu.md"
+    assert main(["bench", "gpu", "--dry-run", "--workdir", str(tmp_path / "work"), "--out", str(out)]) == 0
+    table = out.read_text()
+    runs = ["this loop", "seed", "this loop, 12 GB cap", "seed, 12 GB cap", "this loop, 6 GB cap", "seed, 6 GB cap",
+            "this loop, fp16 + scaler", "this loop, fp16 + scaler, 6 GB cap", "this loop, --compile",
+            "this loop, --grad-checkpointing"]
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in table.splitlines()
+            if line.startswith("| ") and " | " in line}
+    assert all(run in rows for run in runs), table
+    for run in runs:
+        tokens_per_s, padding, peak = rows[run][0], rows[run][1], rows[run][2]
+        assert float(tokens_per_s.replace(",", "")) > 0 and padding.endswith("%") and float(peak.replace(",", "")) > 0
+    assert float(rows["this loop"][4].replace(",", "")) > 0  # the step-time model's prediction
+    assert "shardtune generate, batch 8" in table and "This loop / seed" in table
+
+
+def test_bench_gpu_refuses_to_run_without_a_gpu_unless_dry(capsys):
+    assert main(["bench", "gpu", "--workdir", "unused"]) == 2
+    assert "needs an NVIDIA GPU; --dry-run" in capsys.readouterr().err
