@@ -15,7 +15,7 @@ import sys
 from . import __version__
 from .errors import UserError
 
-COMMANDS = ("synth", "etl", "tokenize", "train", "generate", "eval", "demo", "bench")
+COMMANDS = ("synth", "etl", "tokenize", "train", "plan", "generate", "eval", "demo", "convert", "bench")
 
 
 class Parser(argparse.ArgumentParser):

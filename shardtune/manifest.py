@@ -152,6 +152,8 @@ class RunInfo:
     train_config: dict[str, Any]
     tokens_dir: str
     run_dir: str = ""  # the run folder (metrics.jsonl, checkpoints), as an absolute path
+    vocab_size: int = 0  # the shards' tokenizer: what an adapter's base is rebuilt with
+    eos_id: int = 0
     format: str = "shardtune.run/1"
     shardtune_version: str = __version__
 

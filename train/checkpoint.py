@@ -1,8 +1,10 @@
 """Checkpoints: everything needed to continue a run exactly, written atomically.
 
     RUN_DIR/checkpoints/step-00000500/
-        model.safetensors, config.json   weights (save_pretrained, safetensors)
-        optimizer.pt                     AdamW state: tensors and numbers only
+        model.safetensors, config.json   weights (save_pretrained, safetensors); with LoRA the
+          or adapter_model.safetensors,  adapter alone, the base being rebuilt from the config
+             adapter_config.json
+        optimizer.pt                     optimizer state (trainable parameters): tensors and numbers only
         rng.pt                           torch CPU (and CUDA) generator states
         state.json                       step, data position, scaler, bad-step count, the config
 
@@ -23,6 +25,7 @@ import torch
 
 from shardtune.errors import UserError
 from shardtune.files import fsync_dir
+from shardtune.models.adapters import load_weights, save_weights
 
 PREFIX = "step-"
 
@@ -49,7 +52,7 @@ def save_checkpoint(run_dir: Path, model, optimizer, state: TrainState, keep: in
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    save_weights(model, tmp)
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     rng = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -81,19 +84,7 @@ def _read(path: Path, load, what: str):
 
 
 def load_checkpoint(path: Path, model, optimizer, device: torch.device) -> TrainState:
-    from safetensors.torch import load_file
-
-    weights = _read(path / "model.safetensors", lambda p: load_file(p, device=str(device)), "safetensors file")
-    try:
-        missing, unexpected = model.load_state_dict(weights, strict=False)
-    except RuntimeError as e:  # shapes differ
-        raise UserError(f"cannot resume from {path}: its weights do not fit this model "
-                        f"({str(e).splitlines()[-1].strip()})") from None
-    if unexpected or any(not k.endswith("lm_head.weight") for k in missing):  # lm_head is tied to the embeddings
-        raise UserError(f"cannot resume from {path}: its weights do not fit this model (missing {missing[:3]}, "
-                        f"unexpected {unexpected[:3]})")
-    if hasattr(model, "tie_weights"):
-        model.tie_weights()
+    load_weights(model, path, _read)
     # weights_only: tensors, numbers and containers only; nothing is unpickled as code
     optim_state = _read(path / "optimizer.pt", lambda p: torch.load(p, map_location=device, weights_only=True),
                         "optimizer state")

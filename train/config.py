@@ -12,6 +12,7 @@ from shardtune.errors import UserError
 from shardtune.options import Config, option
 
 MODEL, DATA, OPTIM, LOOP, SPEED = "model", "data", "optimization", "schedule and outputs", "speed and memory"
+ADAPT = "LoRA, QLoRA and fitting a card"
 
 
 @dataclass
@@ -56,6 +57,39 @@ class TrainConfig(Config):
                                       group=SPEED)
     compile: bool = option(False, "torch.compile the model body (with CUDA graphs on a GPU)", group=SPEED)
 
+    lora_r: int = option(0, "train LoRA adapters of this rank instead of every weight (0: full fine-tuning)",
+                         min=0, max=4096, group=ADAPT)
+    lora_alpha: float = option(16.0, "LoRA scaling: the update is multiplied by alpha / r", above=0, group=ADAPT)
+    lora_dropout: float = option(0.05, "dropout on the LoRA branch", min=0, below=1, group=ADAPT)
+    lora_targets: str = option("all-linear", "layers that get adapters: all-linear (every linear layer of the "
+                               "body) or comma-separated module names (q_proj,v_proj)", metavar="NAMES", group=ADAPT)
+    quantize: str = option("none", "hold the base in 4 bits (QLoRA; needs --lora-r and bitsandbytes)",
+                           choices=("none", "nf4"), group=ADAPT)
+    optim: str = option("adamw", "optimizer: fused AdamW, or bitsandbytes' 8-bit AdamW (paged: spills its state "
+                        "to host memory under pressure, CUDA only)", choices=("adamw", "adamw8bit", "paged_adamw8bit"),
+                        group=ADAPT)
+    vram: float = option(0.0, "fit the run to a card of this many GB: choose LoRA/QLoRA, 8-bit AdamW, "
+                         "checkpointing and the micro-batch as `shardtune plan` would (0: as given)", min=0,
+                         max=1024, group=ADAPT)
+
     def validate(self) -> None:
         if self.epochs < 1 and self.max_steps < 1:
             raise UserError("give --epochs or --max-steps of at least 1")
+        if self.quantize != "none" and self.lora_r == 0:
+            raise UserError("--quantize nf4 trains adapters over a 4-bit base: add --lora-r (e.g. 16)")
+
+
+@dataclass
+class PlanConfig(Config):
+    """`shardtune plan`: what fits a card of --vram GB, and the fastest of it."""
+
+    SECTION = "plan"
+
+    model: str = option("distilgpt2", "preset, model folder (config.json is enough) or hub name", metavar="NAME")
+    vram: float = option(6.0, "GB of memory on the card", above=0, max=1024)
+    batch_size: int = option(16, "effective batch: micro-batch x accumulation steps", min=1, max=4096)
+    max_length: int = option(256, "tokens per example; planned for every row full, the worst case", min=8,
+                             max=1 << 16)
+    card: str = option("", "card whose speed ranks the options (default: RTX 2060 up to 6 GB, RTX 3060 up to "
+                       "12, else RTX 4070)", choices=("", "RTX 2060", "RTX 3060", "RTX 4070", "H100"))
+    lora_r: int = option(16, "LoRA rank the adapter options use", min=1, max=4096)

@@ -25,6 +25,7 @@ from shardtune.errors import UserError
 from shardtune.files import fsync_dir, write_json
 from shardtune.manifest import RunInfo, TokensManifest
 from shardtune.models import enable_activation_checkpointing, load_model
+from shardtune.models.adapters import add_lora, is_peft, merge_adapter, quantize_nf4, unwrap
 from shardtune.tokens.shards import TokenShards
 
 from .checkpoint import TrainState, checkpoint_dirs, load_checkpoint, save_checkpoint
@@ -33,6 +34,7 @@ from .data import Prefetcher, collate, epoch_batches, length_buckets
 from .device import cap_gpu_memory, choose_precision, peak_memory_mb
 from .loss import AnswerLoss, batch_loss, summed_loss
 from .metrics import MetricsLog, describe
+from .optim import make_optimizer, skips_on_device
 
 
 def lr_at(step: int, total: int, config: TrainConfig) -> float:
@@ -81,7 +83,15 @@ class Counters:
 
 class Trainer:
     def __init__(self, tokens_dir: Path, run_dir: Path, config: TrainConfig) -> None:
-        self.config, self.run_dir, self.tokens_dir = config.check(), run_dir, tokens_dir
+        config = config.check()
+        if config.vram:
+            from .plan import default_card, plan_for
+
+            config, found = plan_for(config, config.vram)
+            log(f"train: planned for {config.vram:g} GB: {' '.join(found.flags(config.lora_r or 16))} "
+                f"(about {found.peak_mb:,.0f} MB, {found.tokens_per_s[default_card(config.vram)]:,.0f} tokens/s "
+                f"on an {default_card(config.vram)})")
+        self.config, self.run_dir, self.tokens_dir = config, run_dir, tokens_dir
         self.rank, self.world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
         self.is_rank0 = self.rank == 0  # the one process that writes
         self.device = self._setup_device()
@@ -100,28 +110,17 @@ class Trainer:
         self._check_run_dir()
         self.metrics = MetricsLog(run_dir)
 
-        torch.manual_seed(config.seed)
-        self.model = load_model(config.model, from_scratch=config.from_scratch,
-                                vocab_size=self.manifest.vocab_size, eos_id=self.manifest.eos_id)
-        self._check_vocab()
-        if config.grad_checkpointing:
-            enable_activation_checkpointing(self.model)
-        self.model.to(self.device).train()
         self.precision = choose_precision(self.device, config.precision)
+        self.model = self._build_model()
         if self.device.type == "cuda" and torch.cuda.get_device_capability(self.device)[0] >= 8:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        self.loss_fn = AnswerLoss(self.model, body=self._compiled_body() if config.compile else None)
+        self.loss_fn = AnswerLoss(unwrap(self.model), body=self._compiled_body() if config.compile else None)
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.loss_fn = torch.nn.parallel.DistributedDataParallel(self.loss_fn, device_ids=ids)
-        decay = [p for p in self.model.parameters() if p.dim() >= 2]
-        no_decay = [p for p in self.model.parameters() if p.dim() < 2]
-        # Fused AdamW (CPU and CUDA) takes a found_inf tensor, so a non-finite step is skipped on
-        # the device instead of being checked on the host.
-        self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=config.lr, fused=True)
+        self.optimizer = make_optimizer(self.model, config, self.device)
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision.use_scaler)
         self.steps_per_epoch = len(self._batches(0)) // config.grad_accum
         if self.steps_per_epoch == 0:
@@ -137,6 +136,25 @@ class Trainer:
         self._prefetcher: Prefetcher | None = None
 
     # -- setup -------------------------------------------------------------------
+    def _build_model(self):
+        """The model as configured: fresh (seeded) or loaded weights; a 4-bit base (QLoRA) or, for
+        LoRA on a GPU, a 16-bit one; LoRA adapters; activation checkpointing."""
+        c = self.config
+        torch.manual_seed(c.seed)
+        model = load_model(c.model, from_scratch=c.from_scratch, vocab_size=self.manifest.vocab_size,
+                           eos_id=self.manifest.eos_id)
+        self._check_vocab(model)
+        compute = self.precision.autocast_dtype or torch.float32
+        if c.quantize == "nf4":
+            model = quantize_nf4(model, compute, self.device)
+        elif c.lora_r and self.device.type == "cuda":
+            model = model.to(compute)  # the frozen base in 16 bits: half the memory
+        if c.lora_r:
+            model = add_lora(model, c.lora_r, c.lora_alpha, c.lora_dropout, c.lora_targets)
+        if c.grad_checkpointing:
+            enable_activation_checkpointing(unwrap(model))
+        return model.to(self.device).train()
+
     def _setup_device(self) -> torch.device:
         cuda = torch.cuda.is_available()
         if self.world > 1 and not torch.distributed.is_initialized():
@@ -159,7 +177,7 @@ class Trainer:
             if hasattr(torch._dynamo.config, name):
                 setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), limit))
         mode = "reduce-overhead" if self.device.type == "cuda" else None
-        return torch.compile(self.model.base_model, mode=mode)
+        return torch.compile(unwrap(self.model).base_model, mode=mode)
 
     def _check_run_dir(self) -> None:
         if self.run_dir.exists() and not self.run_dir.is_dir():
@@ -170,8 +188,8 @@ class Trainer:
         if self.is_rank0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
 
-    def _check_vocab(self) -> None:
-        model_vocab = self.model.get_input_embeddings().num_embeddings
+    def _check_vocab(self, model) -> None:
+        model_vocab = model.get_input_embeddings().num_embeddings
         if model_vocab < self.manifest.vocab_size:
             raise UserError(f"the token shards come from {self.manifest.tokenizer!r} ({self.manifest.vocab_size:,} "
                             f"tokens) but model {self.config.model!r} knows {model_vocab:,}; tokenize with the "
@@ -252,15 +270,17 @@ class Trainer:
                 self.scaler.scale(part).backward()
             loss = part.detach() if loss is None else loss + part.detach()
         self.scaler.unscale_(self.optimizer)
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad)
+        norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.config.clip_grad)
         bad = ~(torch.isfinite(loss) & torch.isfinite(norm))
         if self.scaler.is_enabled():
             self.scaler.step(self.optimizer)  # skips a step with inf/nan gradients, on the device
             self.scaler.update()
-        else:
+        elif skips_on_device(self.optimizer):
             self.optimizer.found_inf, self.optimizer.grad_scale = bad.float(), None  # the same skip
             self.optimizer.step()
             del self.optimizer.found_inf, self.optimizer.grad_scale
+        elif not bool(bad):  # 8-bit AdamW cannot skip on the device: this reads the flag back every step
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
         self.state.epoch, self.state.batch_in_epoch = position
@@ -342,21 +362,43 @@ class Trainer:
             torch.distributed.barrier()
 
     def finish(self) -> None:
-        """RUN_DIR/final: a Hugging Face model folder plus the tokenizer and how to prompt it."""
+        """RUN_DIR/final: a Hugging Face model folder plus the tokenizer and how to prompt it; with
+        LoRA also RUN_DIR/adapter, the adapter alone (peft loads it), and final/ has it merged in."""
         if not self.is_rank0:
             return
+        if not all(torch.isfinite(p).all() for p in self.trainable):
+            raise UserError("the weights are no longer finite numbers, so no model was written; resume from the "
+                            "last checkpoint with a lower --lr, or --precision fp32")
+        model = self.model
+        if is_peft(model):
+            self._export(self.run_dir / "adapter", model.save_pretrained)
+            model = self._merged()
+        self._export(self.run_dir / "final", unwrap(model).save_pretrained)
+
+    def _merged(self):
+        """The trained adapter merged into a full-precision base, rebuilt as training built it."""
+        if self.config.quantize == "none":
+            return self.model.merge_and_unload()
+        torch.manual_seed(self.config.seed)
+        base = load_model(self.config.model, from_scratch=self.config.from_scratch,
+                          vocab_size=self.manifest.vocab_size, eos_id=self.manifest.eos_id)
+        return merge_adapter(base, self.run_dir / "adapter")
+
+    def _export(self, folder: Path, save) -> None:
+        """Write `save(folder)`, the tokenizer and shardtune.json to a temporary folder, then rename."""
         from shardtune.tokens.tokenizer import load_tokenizer
 
-        final, tmp = self.run_dir / "final", self.run_dir / "final.tmp"
+        tmp = folder.with_name(folder.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        self.model.save_pretrained(tmp, safe_serialization=True)
+        save(tmp, safe_serialization=True)
         load_tokenizer(self.manifest.tokenizer).save_pretrained(tmp)
         RunInfo(template=self.manifest.template, template_hash=self.manifest.template_hash,
                 tokenizer=self.manifest.tokenizer, max_length=self.config.max_length,
                 train_config=self.config.to_dict(), tokens_dir=str(self.tokens_dir),
-                run_dir=str(self.run_dir.resolve())).write(tmp)
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
+                run_dir=str(self.run_dir.resolve()), vocab_size=self.manifest.vocab_size,
+                eos_id=self.manifest.eos_id).write(tmp)
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
         fsync_dir(self.run_dir)
 
     def close(self) -> None:

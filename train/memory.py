@@ -104,12 +104,17 @@ def estimate_peak_mb(setup, model_name: str, prepare: bool, *args) -> float:
     """Peak MiB over two optimizer steps of `setup(model, *args)`'s step; `prepare=False`
     keeps the stock modules (the seed's baseline)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
+    from transformers import AutoModelForCausalLM
 
-    from shardtune.models import load_model
+    from shardtune.models import family_of
+
+    from .plan import model_config
 
     tracker = LiveBytes()
     with FakeTensorMode(), fused_attention():
-        model = load_model(model_name, from_scratch=True, prepare=prepare).train()
+        model = AutoModelForCausalLM.from_config(model_config(model_name))
+        family = family_of(model)
+        model = (family.prepare(model) if prepare and family else model).train()
         for p in model.parameters():
             tracker.track(p)
         optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.01, fused=True)

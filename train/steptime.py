@@ -73,9 +73,14 @@ class StepTrace:
         return sum(f for f, _ in self.work)
 
 
-def device_seconds(trace: StepTrace, card: Card) -> float:
+def work_seconds(work: list[tuple[int, int]], card: Card) -> float:
+    """Device seconds of kernels given as (FLOPs, bytes)."""
     peak, bandwidth = card.tflops * 1e12 * COMPUTE, card.bandwidth_gbs * 1e9 * MEMORY
-    return sum(max(f / peak, b / bandwidth, MIN_KERNEL) for f, b in trace.work)
+    return sum(max(f / peak, b / bandwidth, MIN_KERNEL) for f, b in work)
+
+
+def device_seconds(trace: StepTrace, card: Card) -> float:
+    return work_seconds(trace.work, card)
 
 
 def host_seconds(trace: StepTrace, host_speed: float | None = None) -> float:

