@@ -42,41 +42,79 @@ def sync_device() -> None:
         torch.cuda.synchronize()
 
 
-def synth_input(workdir: Path, lines: int, malformed_rate: float) -> Path:
+def synth_input(workdir: Path, lines: int, malformed_rate: float, profile: str = "light") -> Path:
     """Generated benchmark input; deterministic by seed, so an earlier file is reused."""
     from shardtune.console import log
     from shardtune.data.synth import write_synth
 
     workdir.mkdir(parents=True, exist_ok=True)
-    path = workdir / f"synth-{lines}-{malformed_rate}.json"
+    path = workdir / f"synth-{lines}-{malformed_rate}{'' if profile == 'light' else '-' + profile}.json"
     if not path.exists():
-        log(f"bench: generating {lines:,} lines -> {path}")
-        write_synth(path, lines, seed=0, malformed_rate=malformed_rate)
+        log(f"bench: generating {lines:,} lines ({profile}) -> {path}")
+        write_synth(path, lines, seed=0, malformed_rate=malformed_rate, profile=profile)
     return path
 
 
 @dataclass
 class Measured:
     seconds: float
-    peak_rss_mb: float
+    peak_rss_mb: float  # the largest single process's peak (wait4)
     output: str
+    peak_total_mb: float = 0.0  # the process and its workers together (RSS summed, sampled every 50 ms)
+
+
+def _tree_memory_mb(pid: int) -> float:
+    """Resident memory of a process and its children, summed (pages they share counted in each:
+    an upper bound on what they need together)."""
+    import psutil
+
+    total = 0
+    try:
+        root = psutil.Process(pid)
+        for proc in [root, *root.children(recursive=True)]:
+            try:
+                total += proc.memory_info().rss
+            except (psutil.NoSuchProcess, psutil.AccessDenied, AttributeError):
+                pass
+    except psutil.NoSuchProcess:
+        pass
+    return total / 2**20
 
 
 def run_measured(args: list[str], env: dict | None = None) -> Measured:
     """Run `python ARGS...` (with `env` added to the environment); its output goes to a temporary
-    file so that we can reap the child ourselves with wait4, which reports its own peak RSS."""
+    file so that we can reap the child ourselves with wait4, which reports its own peak RSS; a
+    thread samples the memory of the child and its worker processes together meanwhile."""
+    import threading
+
     env = dict(os.environ, SHARDTUNE_PLAIN_LOGS="1", PYTHONUNBUFFERED="1", **(env or {}))
+    peak_total = [0.0]
     with tempfile.TemporaryFile("w+") as log:
         start = time.perf_counter()
         proc = subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, env=env)
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.wait(0.05):
+                try:
+                    peak_total[0] = max(peak_total[0], _tree_memory_mb(proc.pid))
+                except ImportError:  # no psutil (a lent GPU machine): the single-process figure only
+                    return
+                except Exception:  # a process ended while it was read: the next sample counts
+                    continue
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - start
+        done.set()
+        sampler.join()
         proc.returncode = os.waitstatus_to_exitcode(status)
         log.seek(0)
         out = log.read()
     if proc.returncode:
         raise UserError(f"benchmark step failed: {' '.join(args)}\n{out[-2000:]}")
-    return Measured(seconds, usage.ru_maxrss / 1024, out)
+    return Measured(seconds, usage.ru_maxrss / 1024, out, peak_total[0])
 
 
 def print_table(title: str, columns: list[str], rows: list[list[str]], note: str = "") -> None:

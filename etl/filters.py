@@ -4,7 +4,10 @@ that remembers what it let through (duplicates) does so in `kept()`, which is to
 the rows that passed every filter.
 
 Filters run in order and a row is charged to the first filter that drops it, so
-the counts add up: kept + sum(dropped) == records parsed.
+the counts add up: kept + sum(dropped) == records parsed. A filter that needs no
+memory of other batches (`stateful = False`) runs in the worker processes beside
+the cleaning; the stateful ones (duplicates) run in input order in the main process.
+The decisions travel as a `reason` column, null while a row is kept.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import polars as pl
 
 class Filter:
     reason: str = ""
+    stateful = False  # True: must see every batch, in input order (in the main process)
 
     def drops(self, df: pl.DataFrame) -> pl.Series:
         """A boolean Series: True where the row is dropped for `self.reason`."""
@@ -22,6 +26,11 @@ class Filter:
 
     def kept(self, df: pl.DataFrame) -> None:
         """The rows of the batch that passed every filter, in input order (a no-op by default)."""
+
+    def annotate(self, df: pl.DataFrame) -> pl.DataFrame:
+        """Columns a stateful filter can compute batch by batch, in the worker processes, ahead of
+        its decisions in the main process (none by default)."""
+        return df
 
 
 class EmptyTitle(Filter):
@@ -73,13 +82,17 @@ class ExactDuplicate(Filter):
     """
 
     reason = "duplicate"
+    stateful = True
 
     def __init__(self) -> None:
         self.seen = np.empty(0, dtype=np.uint64)  # sorted hashes of every record kept so far
 
-    @staticmethod
-    def _hashes(df: pl.DataFrame) -> pl.Series:
-        return df.select(pl.struct("title", "content").hash(seed=0x5EED)).to_series()
+    def annotate(self, df: pl.DataFrame) -> pl.DataFrame:
+        return df.with_columns(pl.struct("title", "content").hash(seed=0x5EED).alias("pair_hash"))
+
+    @classmethod
+    def _hashes(cls, df: pl.DataFrame) -> pl.Series:
+        return (df if "pair_hash" in df.columns else cls().annotate(df))["pair_hash"]
 
     def drops(self, df: pl.DataFrame) -> pl.Series:
         hashes = self._hashes(df)
@@ -102,17 +115,25 @@ def default_filters(min_content_chars: int) -> list[Filter]:
     return [EmptyTitle(), EmptyContent(), ShortContent(min_content_chars), ContentEqualsTitle(), ExactDuplicate()]
 
 
-def apply_filters(df: pl.DataFrame, filters: list[Filter]) -> tuple[pl.DataFrame, dict[str, int], pl.DataFrame]:
-    """Returns (kept rows, count per reason, dropped rows with a `reason` column)."""
-    reason = pl.Series("reason", [None] * df.height, dtype=pl.String)
-    counts: dict[str, int] = {}
+def apply_filters(df: pl.DataFrame, filters: list[Filter]) -> pl.DataFrame:
+    """`df` with its `reason` column decided by `filters` for the rows still undecided (a missing
+    column: every row undecided)."""
+    reason = df["reason"] if "reason" in df.columns else pl.Series("reason", [None] * df.height, dtype=pl.String)
     for f in filters:
-        undecided = reason.is_null()
-        hit = f.drops(df) & undecided
-        counts[f.reason] = int(hit.sum())
+        hit = f.drops(df) & reason.is_null()
         reason = pl.select(pl.when(hit).then(pl.lit(f.reason)).otherwise(reason)).to_series().alias("reason")
-    keep = reason.is_null()
+    return df.with_columns(reason)
+
+
+def settle(df: pl.DataFrame, filters: list[Filter]) -> tuple[pl.DataFrame, dict[str, int], pl.DataFrame]:
+    """(kept rows, count per reason, dropped rows with their reason) of a decided batch; every
+    filter is told what was kept."""
+    keep = df["reason"].is_null()
     kept = df.filter(keep)
     for f in filters:
         f.kept(kept)
-    return kept, counts, df.with_columns(reason).filter(~keep)
+    kept = kept.select("uid", "title", "content")
+    dropped = df.filter(~keep).select("uid", "title", "content", "reason")
+    counts = dict.fromkeys((f.reason for f in filters), 0)
+    counts.update(dropped["reason"].value_counts().iter_rows())
+    return kept, counts, dropped

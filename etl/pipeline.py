@@ -9,9 +9,11 @@ malformed (quarantined in rejects.jsonl). The manifest is written last.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 from typing import IO, Iterator
 
@@ -19,13 +21,13 @@ import polars as pl
 
 from shardtune.console import log, meter
 from shardtune.errors import UserError
-from shardtune.files import atomic_open, prepare_output_dir
+from shardtune.files import InBackground, atomic_open, prepare_output_dir
 from shardtune.manifest import EtlManifest, InputFile
 
-from .clean import clean_frame
 from .config import EtlConfig
-from .filters import apply_filters, default_filters
-from .read import Batch, InputReader
+from .filters import apply_filters, default_filters, settle
+from .read import Batch, InputReader, Span
+from .workers import decode_and_clean, start
 from .shards import DROPPED_SCHEMA, OWNED_FILES, ShardWriter
 
 
@@ -34,14 +36,15 @@ def run_etl(inputs: list[Path], out: Path, config: EtlConfig | None = None) -> E
     config = (config or EtlConfig()).check()
     if not inputs:
         raise UserError("no input files given")
-    readers = [InputReader(p, config.batch_lines, config.max_line_bytes) for p in inputs]  # fail fast on bad paths
+    readers = [InputReader(p, config.batch_lines, config.max_line_bytes, config.batch_bytes)
+               for p in inputs]  # fail fast on bad paths
     prepare_output_dir(out, OWNED_FILES)
     started = time.perf_counter()
     run = EtlRun(out, config, [InputFile(path=str(r.path), bytes=r.size) for r in readers])
     try:
         with atomic_open(out / "rejects.jsonl", "w", encoding="utf-8") as rejects, \
                 meter("etl", sum(r.size for r in readers), "bytes", ("lines",)) as progress:
-            for info, batch, cleaned, done_bytes in cleaned_batches(readers, run.files):
+            for info, batch, cleaned, done_bytes in cleaned_batches(readers, run.files, config):
                 run.quarantine(info, batch, rejects)
                 run.keep(info, cleaned)
                 progress.update(done_bytes, lines=run.lines)
@@ -59,37 +62,56 @@ def run_etl(inputs: list[Path], out: Path, config: EtlConfig | None = None) -> E
     return manifest
 
 
-IN_FLIGHT = 2  # batches being cleaned while the next one is decoded
-
-
-def cleaned_batches(readers: list[InputReader], files: list[InputFile]
+def cleaned_batches(readers: list[InputReader], files: list[InputFile], config: EtlConfig
                     ) -> Iterator[tuple[InputFile, Batch, pl.DataFrame, int]]:
-    """(input, decoded batch, its cleaned records, input bytes consumed) for every batch, in input order.
+    """(input, its decoded batch without records, the cleaned records, input bytes consumed) for
+    every block of every input, in input order.
 
-    Decoding is Python and holds the GIL; cleaning is mostly Polars, which releases it.
-    Two threads clean the next batches while this one decodes; at most IN_FLIGHT batches
-    wait, so memory stays bounded."""
-    in_flight: deque = deque()
+    Decoding a line is Python and holds the GIL, so blocks are decoded and cleaned in worker
+    processes, `workers + 1` at most in flight (bounded memory); this process reads, and takes
+    the results back in order, so the output is the same for any number of workers."""
+    workers = config.workers or os.cpu_count() or 1
+    if 0 < sum(r.size for r in readers) <= 2 * config.batch_bytes:
+        workers = 1  # two blocks or fewer: starting processes (about a second) would cost more than it saves
+    pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=start) if workers > 1 else None
+    in_flight: deque[tuple[InputFile, int, bool, Future]] = deque()
     done_bytes = 0
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    try:
         for reader, info in zip(readers, files):
             try:
-                for batch in reader.batches():
-                    in_flight.append((info, batch, pool.submit(_clean_batch, batch), done_bytes + batch.position))
-                    if len(in_flight) > IN_FLIGHT:
-                        info_, batch_, future, done = in_flight.popleft()
-                        yield info_, batch_, future.result(), done
+                for item in reader.batches():
+                    job = (item, config)
+                    in_flight.append((info, done_bytes, isinstance(item, Span),
+                                      pool.submit(decode_and_clean, *job) if pool else _Done(decode_and_clean(*job))))
+                    while len(in_flight) > (workers if pool else 0):
+                        yield _take(in_flight)
             finally:
                 reader.close()
             done_bytes += reader.size
         while in_flight:
-            info_, batch_, future, done = in_flight.popleft()
-            yield info_, batch_, future.result(), done
+            yield _take(in_flight)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _clean_batch(batch: Batch) -> pl.DataFrame:
-    df = pl.DataFrame(batch.columns(), schema={"uid": pl.String, "title": pl.String, "content": pl.String})
-    return clean_frame(df) if df.height else df
+class _Done:
+    """A finished result in the place of a Future (no worker processes)."""
+
+    def __init__(self, value) -> None:
+        self.value = value
+
+    def result(self):
+        return self.value
+
+
+def _take(in_flight: deque) -> tuple[InputFile, Batch, pl.DataFrame, int]:
+    info, done_bytes, numbered_from_1, future = in_flight.popleft()
+    batch, cleaned = future.result()
+    if numbered_from_1:  # a span's lines count from its start: add the lines of the file before it
+        for m in batch.malformed:
+            m.line += info.lines_read
+    return info, batch, cleaned, done_bytes + batch.position
 
 
 class EtlRun:
@@ -97,8 +119,8 @@ class EtlRun:
 
     def __init__(self, out: Path, config: EtlConfig, files: list[InputFile]) -> None:
         self.filters = default_filters(config.min_content_chars)
-        self.writer = ShardWriter(out, config.shard_rows)
-        self.dropped_writer = ShardWriter(out, config.shard_rows, DROPPED_SCHEMA, "dropped") \
+        self.writer = InBackground(ShardWriter(out, config.shard_rows))
+        self.dropped_writer = InBackground(ShardWriter(out, config.shard_rows, DROPPED_SCHEMA, "dropped")) \
             if config.keep_dropped else None
         self.files = files
         self.dropped = {f.reason: 0 for f in self.filters}
@@ -117,10 +139,11 @@ class EtlRun:
         self.malformed += len(batch.malformed)
 
     def keep(self, info: InputFile, cleaned: pl.DataFrame) -> None:
-        """Filter one cleaned batch, write what is kept and count the rest."""
+        """Finish judging one cleaned batch (the stateful filters, in input order), write what is
+        kept and count the rest."""
         if cleaned.height == 0:
             return
-        kept, counts, dropped = apply_filters(cleaned, self.filters)
+        kept, counts, dropped = settle(apply_filters(cleaned, [f for f in self.filters if f.stateful]), self.filters)
         self.writer.write(kept.to_arrow())
         if self.dropped_writer and dropped.height:
             self.dropped_writer.write(dropped.to_arrow())

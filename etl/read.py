@@ -3,14 +3,25 @@
 Polars, pandas and ijson all abort a whole file at its first bad line. Here each
 line is decoded on its own (msgspec, against the record schema), so a bad line
 costs only itself: it comes back as a `Malformed` with its line number and raw
-bytes, and reading goes on. Memory is bounded by the batch, the read chunk and
+bytes, and reading goes on. Memory is bounded by the block, the read chunk and
 `max_line_bytes`: a longer line is skipped while streaming, never held whole.
+
+NDJSON is read as Blocks of raw lines, cut by line count and by bytes, which
+`decode_lines` turns into records in a worker process: reading and splitting
+lines is cheap C, decoding them is the per-line Python work that the cores share.
+A Block's bounds depend only on the input and the options, so the output does not
+depend on how many workers decoded it.
 """
 
 from __future__ import annotations
 
 import gzip
+import io
+import os
+import stat
 import zlib
+from bisect import bisect_left
+from itertools import accumulate
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -60,6 +71,43 @@ class Batch:
         return {"uid": [r.uid for r in recs], "title": [r.title for r in recs], "content": [r.content for r in recs]}
 
 
+@dataclass
+class Span:
+    """Lines [start, end) of a plain NDJSON file, by byte offsets: a worker reads them itself.
+    Its lines are numbered from 1; the main process adds the lines before it."""
+
+    path: str
+    start: int
+    end: int
+    position: int
+
+
+@dataclass
+class Block:
+    """Raw NDJSON lines, the number of the first, and the input bytes read after them. The lines
+    travel to a worker joined by newlines (one bytes object pickles as one copy, thousands of
+    small ones do not); a line judged while streaming (too long, a broken stream) travels as
+    an empty line plus its marker in `marked`."""
+
+    data: bytes
+    first_line: int
+    position: int
+    marked: dict[int, bytes] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, lines: list[bytes], first_line: int, position: int) -> "Block":
+        marked = {i: line for i, line in enumerate(lines) if type(line) is not bytes}
+        if marked:
+            lines = [b"" if i in marked else line for i, line in enumerate(lines)]
+        return cls(b"\n".join(lines), first_line, position, marked)
+
+    def lines(self) -> list[bytes]:
+        lines = self.data.split(b"\n")
+        for i, marker in self.marked.items():
+            lines[i] = marker
+        return lines
+
+
 def _classify(err: Exception, line: bytes = b"x") -> tuple[str, str]:
     """(kind, detail) of a decoding error."""
     detail = str(err).split("\n")[0] or type(err).__name__
@@ -76,11 +124,11 @@ PEEK_BYTES = 65536  # how far the format check looks
 
 
 class InputReader:
-    """Reads one input file in batches of at most `batch_lines` lines."""
+    """Reads one input file in blocks or batches of at most `batch_lines` lines and about `batch_bytes`."""
 
-    def __init__(self, path: Path, batch_lines: int, max_line_bytes: int) -> None:
+    def __init__(self, path: Path, batch_lines: int, max_line_bytes: int, batch_bytes: int = 8 << 20) -> None:
         self.path = path
-        self.batch_lines = batch_lines
+        self.batch_lines, self.batch_bytes = batch_lines, batch_bytes
         self.max_line_bytes = max_line_bytes
         try:
             if path.is_dir():
@@ -124,7 +172,9 @@ class InputReader:
             return True  # "[" then the first element: a (pretty-printed) array
         return False
 
-    def batches(self) -> Iterator[Batch]:
+    def batches(self) -> Iterator[Batch | Block | Span]:
+        """For NDJSON, Spans of a plain file (the workers read them) or Blocks of raw lines from a
+        compressed file or a pipe (read here); decoded Batches for a JSON array."""
         try:
             array = self._is_array()
         except (OSError, EOFError, zlib.error) as e:
@@ -132,72 +182,55 @@ class InputReader:
             batch.malformed.append(Malformed(1, "broken_stream", f"unreadable compressed stream: {e}", b""))
             yield batch
             return
-        yield from (self._array_batches() if array else self._line_batches())
+        if array:
+            yield from self._array_batches()
+        elif self.stream is self.raw and stat.S_ISREG(os.fstat(self.raw.fileno()).st_mode):
+            yield from self._spans()
+        else:
+            yield from self._blocks()
+
+    def _spans(self) -> Iterator[Span]:
+        """Spans of about batch_bytes, each ending after the first newline past its share: their
+        bounds depend on the file alone. Finding a bound reads forward, holding nothing."""
+        start = 0
+        while start < self.size:
+            end = min(self._line_end(start + self.batch_bytes), self.size)
+            yield Span(str(self.path), start, end, end)
+            start = end
+
+    def _line_end(self, offset: int) -> int:
+        """The offset just past the first newline at or after `offset - 1`."""
+        fd, at = self.raw.fileno(), offset - 1
+        while at < self.size:
+            piece = os.pread(fd, 1 << 16, at)
+            found = piece.find(b"\n")
+            if found >= 0:
+                return at + found + 1
+            at += len(piece)
+        return self.size
 
     def _line_lists(self) -> Iterator[list[bytes]]:
-        """Raw lines, one list per read chunk (splitting in C keeps the per-line cost low).
+        return line_lists(self.stream, self.max_line_bytes)
 
-        A line over max_line_bytes comes as a _TooLong holding its head (the rest is
-        skipped without being held), and a corrupt compressed stream ends with a _Broken.
-        """
-        limit, tail, first = self.max_line_bytes, b"", True
-        too_long: _TooLong | None = None
-        while True:
-            try:
-                # read1: one underlying read, so a corrupt gzip loses no line decoded before it
-                chunk = self.stream.read1(CHUNK_BYTES)
-            except (OSError, EOFError, zlib.error) as e:  # truncated or corrupt gzip
-                yield [_Broken(f"compressed stream broken off: {e}".encode())]
-                return
-            if not chunk:
-                break
-            if first and chunk.startswith(b"\xef\xbb\xbf"):
-                chunk = chunk[3:]  # a UTF-8 byte-order mark is not part of the first record
-            first = False
-            lines: list[bytes] = []
-            if too_long is not None:
-                end = chunk.find(b"\n")
-                if end < 0:
-                    continue
-                lines.append(too_long)
-                too_long, chunk = None, chunk[end + 1:]
-            parts = (tail + chunk).split(b"\n") if tail else chunk.split(b"\n")
-            tail = parts.pop()
-            if len(tail) > limit:
-                too_long, tail = _TooLong(tail[:REJECT_BYTES]), b""
-            yield lines + parts if lines else parts
-        if too_long is not None:
-            yield [too_long]
-        elif tail:  # a last line without a newline
-            yield [tail]
-
-    def _line_batches(self) -> Iterator[Batch]:
-        decode = msgspec.json.Decoder(Record).decode
-        limit = self.max_line_bytes
-        batch, lineno = Batch(), 0
-        for lines in self._line_lists():
-            keep = batch.records.append
-            for line in lines:
-                lineno += 1
-                batch.lines += 1
-                if type(line) is bytes and len(line) <= limit:
-                    try:
-                        keep(decode(line))
-                    except (msgspec.DecodeError, UnicodeDecodeError) as e:
-                        kind, detail = _classify(e, line)
-                        batch.malformed.append(Malformed(lineno, kind, detail, line[:REJECT_BYTES].rstrip(b"\r")))
-                elif type(line) is _Broken:
-                    batch.malformed.append(Malformed(lineno, "broken_stream", line.decode(), b""))
-                else:
-                    batch.malformed.append(Malformed(lineno, "line_too_long", f"line longer than {limit} bytes",
-                                                     line[:REJECT_BYTES]))
-                if batch.lines >= self.batch_lines:
-                    batch.position = self._consumed()
-                    yield batch
-                    batch = Batch()
-                    keep = batch.records.append
-        batch.position = self.size
-        yield batch
+    def _blocks(self) -> Iterator[Block]:
+        """Consecutive lines, closed by the line that makes batch_lines of them or batch_bytes (newlines
+        counted), so a block's bounds depend on the input alone, never on how it was read."""
+        lines: list[bytes] = []
+        size, number = 0, 1
+        for chunk in self._line_lists():
+            while chunk:
+                ends = list(accumulate(map(len, chunk)))  # bytes to the end of each line, newlines aside
+                by_bytes = bisect_left(range(len(chunk)), self.batch_bytes - size, key=lambda k: ends[k] + k + 1)
+                cut = min(by_bytes, self.batch_lines - len(lines) - 1)  # index of the block's last line here
+                if cut >= len(chunk):
+                    lines.extend(chunk)
+                    size += ends[-1] + len(chunk)
+                    break
+                lines.extend(chunk[:cut + 1])
+                yield Block.of(lines, number, self._consumed())
+                number += len(lines)
+                lines, size, chunk = [], 0, chunk[cut + 1:]
+        yield Block.of(lines, number, self.size)
 
     def _array_batches(self) -> Iterator[Batch]:
         batch, index = Batch(), 0
@@ -228,9 +261,100 @@ class InputReader:
         yield batch
 
 
+def line_lists(stream: BinaryIO, limit: int, first: bool = True) -> Iterator[list[bytes]]:
+    """Raw lines, one list per read chunk (splitting in C keeps the per-line cost low).
+
+    A line over `limit` bytes comes as a _TooLong holding its head (the rest is skipped
+    without being held), and a corrupt compressed stream ends with a _Broken. `first`:
+    the stream starts the file, where a UTF-8 byte-order mark is not part of the first record.
+    """
+    tail = b""
+    too_long: _TooLong | None = None
+    while True:
+        try:
+            # read1: one underlying read, so a corrupt gzip loses no line decoded before it
+            chunk = stream.read1(CHUNK_BYTES)
+        except (OSError, EOFError, zlib.error) as e:  # truncated or corrupt gzip
+            yield [_Broken(f"compressed stream broken off: {e}".encode())]
+            return
+        if not chunk:
+            break
+        if first and chunk.startswith(b"\xef\xbb\xbf"):
+            chunk = chunk[3:]
+        first = False
+        lines: list[bytes] = []
+        if too_long is not None:
+            end = chunk.find(b"\n")
+            if end < 0:
+                continue
+            lines.append(too_long)
+            too_long, chunk = None, chunk[end + 1:]
+        parts = (tail + chunk).split(b"\n") if tail else chunk.split(b"\n")
+        tail = parts.pop()
+        if len(tail) > limit:
+            too_long, tail = _TooLong(tail[:REJECT_BYTES]), b""
+        yield lines + parts if lines else parts
+    if too_long is not None:
+        yield [too_long]
+    elif tail:  # a last line without a newline
+        yield [tail]
+
+
+class _Range(io.RawIOBase):
+    """Bytes [start, end) of a file, read as a stream."""
+
+    def __init__(self, path: str, start: int, end: int) -> None:
+        self.file = open(path, "rb", buffering=0)
+        self.file.seek(start)
+        self.left = end - start
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = min(len(buffer), self.left)
+        if n <= 0:
+            return 0
+        got = self.file.readinto(memoryview(buffer)[:n]) or 0
+        self.left -= got
+        return got
+
+    def close(self) -> None:
+        self.file.close()
+        super().close()
+
+
+def span_lines(span: Span, max_line_bytes: int) -> list[bytes]:
+    """The lines of a span, read by the worker itself: nothing crosses a pipe."""
+    with io.BufferedReader(_Range(span.path, span.start, span.end), CHUNK_BYTES) as stream:
+        return [line for chunk in line_lists(stream, max_line_bytes, first=span.start == 0) for line in chunk]
+
+
 def _encodable(obj: object) -> bool:
     try:
         msgspec.json.encode(obj)
         return True
     except (TypeError, msgspec.EncodeError):
         return False
+
+
+_DECODE = msgspec.json.Decoder(Record).decode
+
+
+def decode_lines(lines: list[bytes], first_line: int, position: int, max_line_bytes: int) -> Batch:
+    """The records of raw lines; each line that is not one goes to `malformed`."""
+    batch = Batch(lines=len(lines), position=position)
+    keep, flag = batch.records.append, batch.malformed.append
+    for lineno, line in enumerate(lines, first_line):
+        if type(line) is bytes and len(line) <= max_line_bytes:
+            try:
+                keep(_DECODE(line))
+            except (msgspec.DecodeError, UnicodeDecodeError) as e:
+                flag(Malformed(lineno, *_classify(e, line), line[:REJECT_BYTES].rstrip(b"\r")))
+            except RecursionError:  # nested deeper than the decoder's stack
+                flag(Malformed(lineno, "too_deep", "nested too deep", line[:REJECT_BYTES]))
+        elif type(line) is _Broken:
+            flag(Malformed(lineno, "broken_stream", line.decode(), b""))
+        else:
+            flag(Malformed(lineno, "line_too_long", f"line longer than {max_line_bytes} bytes", line[:REJECT_BYTES]))
+    return batch

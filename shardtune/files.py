@@ -99,6 +99,54 @@ class RollingShardWriter:
             tmp_path(self._path()).unlink(missing_ok=True)
 
 
+class InBackground:
+    """A shard writer driven from a thread: `write(item)` queues the item and returns, and the
+    thread writes the items in order (Parquet's compression runs in C without the GIL, beside
+    the Python that prepares the next batch). At most `depth` items wait; an error in the
+    thread is raised by the next write or by close()."""
+
+    _STOP = object()
+
+    def __init__(self, target: RollingShardWriter, depth: int = 2) -> None:
+        import queue
+        import threading
+
+        self.target, self.error = target, None
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._thread = threading.Thread(target=self._run, name="shardtune-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not self._STOP:
+            if self.error is None:
+                try:
+                    self.target.write(item)
+                except BaseException as e:  # raised in the caller's thread
+                    self.error = e
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def write(self, item: Any) -> None:
+        self._raise()
+        self._queue.put(item)
+
+    def _stop(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(self._STOP)
+            self._thread.join()
+
+    def close(self) -> list:
+        self._stop()
+        self._raise()
+        return self.target.close()
+
+    def abort(self) -> None:
+        self._stop()
+        self.target.abort()
+
+
 def write_json(path: Path, data: Any) -> None:
     with atomic_open(path, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2, ensure_ascii=False)

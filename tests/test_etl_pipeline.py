@@ -167,3 +167,79 @@ def test_a_utf8_byte_order_mark_and_crlf_line_ends_are_tolerated(tmp_path):
                     json.dumps(rec(uid="b", content="Another good one here.")).encode() + b"\r\n")
     m = run_etl([src], tmp_path / "out", EtlConfig())
     assert m.records_kept == 2 and m.malformed == 0
+
+
+def test_output_is_byte_identical_for_any_number_of_workers(tmp_path):
+    import gzip as gz
+
+    from shardtune.data.synth import write_synth
+
+    write_synth(tmp_path / "trn.json", 6000, seed=9, malformed_rate=0.01, profile="heavy")
+    (tmp_path / "trn.json.gz").write_bytes(gz.compress((tmp_path / "trn.json").read_bytes()))
+    for name in ("trn.json", "trn.json.gz"):  # read in spans by the workers; streamed in blocks from gzip
+        outs = {}
+        for workers in (1, 2, 3):
+            out = tmp_path / f"{name}-{workers}"
+            m = run_etl([tmp_path / name], out, EtlConfig(workers=workers, batch_bytes=256 << 10, shard_rows=700,
+                                                          keep_dropped=True))
+            files = sorted(p for p in out.iterdir() if p.name != "manifest.json")
+            outs[workers] = ({p.name: p.read_bytes() for p in files}, m.records_kept, m.dropped, m.malformed_reasons)
+            assert m.balanced() and m.lines_read == 6000 and len(m.shards) > 3
+        assert outs[1] == outs[2] == outs[3], name
+
+
+def test_a_bad_line_in_a_later_span_keeps_its_own_line_number(tmp_path):
+    good = [rec(uid=f"u{i}", content=f"Content number {i} is long enough.") for i in range(3000)]
+    src = write_lines(tmp_path / "trn.json", good[:2000] + [b"{broken"] + good[2000:])
+    m = run_etl([src], tmp_path / "out", EtlConfig(workers=2, batch_bytes=32 << 10))
+    (reject,) = rejects(tmp_path / "out")
+    assert reject["line"] == 2001 and m.lines_read == 3001 and m.records_kept == 3000
+
+
+def test_blocks_and_spans_depend_on_the_input_alone_not_on_how_it_was_read(tmp_path, monkeypatch):
+    import random
+
+    import shardtune.etl.read as read
+
+    r = random.Random(0)
+    lines = [b"x" * r.randint(0, 300) for _ in range(4000)]
+    path = tmp_path / "x.json"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+
+    def by_hand(batch_lines, batch_bytes):  # the definition, line by line
+        out, current, size = [], [], 0
+        for line in lines:
+            current.append(line)
+            size += len(line) + 1
+            if len(current) >= batch_lines or size >= batch_bytes:
+                out.append(current)
+                current, size = [], 0
+        return out + [current]
+
+    for batch_lines, batch_bytes in ((7, 10**9), (10**9, 1024), (50, 5000), (13, 1100)):
+        for chunk in (1024, 4096, 1 << 16):
+            monkeypatch.setattr(read, "CHUNK_BYTES", chunk)
+            reader = read.InputReader(path, batch_lines, 1 << 20, batch_bytes)
+            assert [b.lines() for b in reader._blocks()] == by_hand(batch_lines, batch_bytes)
+            spans = list(reader._spans())
+            reader.close()
+            assert spans[0].start == 0 and spans[-1].end == path.stat().st_size
+            assert all(a.end == b.start for a, b in zip(spans, spans[1:]))  # no gap, no overlap
+            data = path.read_bytes()
+            assert all(data[s.end - 1:s.end] == b"\n" for s in spans)  # each ends after a whole line
+            assert spans == list(read.InputReader(path, batch_lines, 1 << 20, batch_bytes)._spans())
+
+
+def test_the_heavy_profile_is_heavy():
+    import re
+
+    from shardtune.data.synth import synth_lines
+
+    for profile, entities, non_ascii, tags, length in (("light", (0.05, 0.15), (0.1, 0.2), (0.02, 0.08), (400, 520)),
+                                                        ("heavy", (0.5, 0.7), (0.3, 0.5), (0.28, 0.42), (560, 720))):
+        contents = [c for c in (json.loads(line)["content"] for line in synth_lines(4000, seed=3, profile=profile)) if c]
+        share = lambda pattern: sum(bool(re.search(pattern, c)) for c in contents) / len(contents)  # noqa: E731
+        assert entities[0] < share(r"&(#\d+|#x[0-9a-fA-F]+|[a-z]+);") < entities[1], profile
+        assert non_ascii[0] < share(r"[^\x00-\x7f]") < non_ascii[1], profile
+        assert tags[0] < share(r"<[a-z/][^>]*>") < tags[1], profile
+        assert length[0] < sum(map(len, contents)) / len(contents) < length[1], profile

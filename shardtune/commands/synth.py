@@ -19,6 +19,6 @@ def run(args, config) -> int:
     from shardtune.data.synth import write_synth
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    size = write_synth(args.out, config.lines, config.seed, config.malformed_rate)
-    print(f"wrote {config.lines:,} lines ({size / 1e6:,.1f} MB) to {args.out}")
+    size = write_synth(args.out, config.lines, config.seed, config.malformed_rate, config.profile)
+    print(f"wrote {config.lines:,} lines ({size / 1e6:,.1f} MB, {config.profile} profile) to {args.out}")
     return 0
