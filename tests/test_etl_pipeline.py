@@ -169,6 +169,7 @@ def test_a_utf8_byte_order_mark_and_crlf_line_ends_are_tolerated(tmp_path):
     assert m.records_kept == 2 and m.malformed == 0
 
 
+@pytest.mark.slow
 def test_output_is_byte_identical_for_any_number_of_workers(tmp_path):
     import gzip as gz
 

@@ -156,6 +156,7 @@ def test_user_mistakes_exit_2_with_one_line(tmp_path, capsys, args, message):
     assert message in err[-1] and err[-1].startswith("shardtune tokenize: error:")
 
 
+@pytest.mark.slow
 def test_worker_processes_write_the_same_shards_as_one_process(tmp_path):
     from shardtune.data.synth import write_synth
     from shardtune.etl.config import EtlConfig

@@ -152,6 +152,7 @@ def test_a_killed_run_resumes_onto_the_same_loss_curve(tokens, tmp_path, monkeyp
     assert [e["loss"] for e in resumed] == pytest.approx([e["loss"] for e in straight], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_save_total_limit_keeps_the_newest_checkpoints(tokens, tmp_path):
     run_train(tokens, tmp_path / "run", small(max_steps=7, save_steps=2, save_total_limit=2))
     names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
@@ -272,6 +273,7 @@ def test_two_micro_batches_of_8_give_the_gradient_of_one_batch_of_16(tokens, tmp
         torch.testing.assert_close(accumulated[name], whole[name], rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_loss_on_prompt_and_answer_end_to_end(tokens, tmp_path, capsys):
     args = ["train", str(tokens), "--model", "tiny", "--max-steps", "2", "--batch-size", "8", "--max-length", "64",
             "--eval-examples", "32", "--log-steps", "1"]
@@ -298,6 +300,7 @@ def test_precision_follows_the_device(monkeypatch):
     assert choose_precision(gpu, "fp32").autocast_dtype is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage, message", [
     (lambda ckpt: (ckpt / "model.safetensors").write_bytes(b"not safetensors"), "cannot resume from"),
     (lambda ckpt: (ckpt / "optimizer.pt").write_bytes(b"\x80\x04junk"), "cannot resume from"),
@@ -312,6 +315,7 @@ def test_a_corrupt_checkpoint_is_a_one_line_error(tokens, tmp_path, capsys, dama
     assert message in err[-1] and "step-00000004" in err[-1] and "Traceback" not in "\n".join(err)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_another_model_is_refused(tokens, tmp_path, capsys):
     from shardtune.train.checkpoint import load_checkpoint
 
@@ -364,6 +368,7 @@ def test_the_sync_detector_sees_a_read_back(tokens, tmp_path, monkeypatch):
     assert [step for step, _ in inside] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_batches_made_ahead_on_a_thread_train_exactly_as_made_in_line(tokens, tmp_path, monkeypatch):
     run_train(tokens, tmp_path / "ahead", small(max_steps=6))
     monkeypatch.setattr(Trainer, "_next_step", lambda self: self._make_step((self.state.epoch, self.state.batch_in_epoch)))
