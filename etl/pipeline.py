@@ -21,7 +21,7 @@ import polars as pl
 
 from shardtune.console import log, meter
 from shardtune.errors import UserError
-from shardtune.files import InBackground, atomic_open, prepare_output_dir
+from shardtune.files import InBackground, atomic_open, check_output_dir, locked, prepare_output_dir
 from shardtune.manifest import EtlManifest, InputFile
 
 from .config import EtlConfig
@@ -38,6 +38,12 @@ def run_etl(inputs: list[Path], out: Path, config: EtlConfig | None = None) -> E
         raise UserError("no input files given")
     readers = [InputReader(p, config.batch_lines, config.max_line_bytes, config.batch_bytes)
                for p in inputs]  # fail fast on bad paths
+    check_output_dir(out, OWNED_FILES)
+    with locked(out, "etl"):
+        return _run(readers, out, config)
+
+
+def _run(readers: list[InputReader], out: Path, config: EtlConfig) -> EtlManifest:
     prepare_output_dir(out, OWNED_FILES)
     started = time.perf_counter()
     run = EtlRun(out, config, [InputFile(path=str(r.path), bytes=r.size) for r in readers])

@@ -19,6 +19,7 @@ import gzip
 import io
 import os
 import stat
+import sys
 import zlib
 from bisect import bisect_left
 from itertools import accumulate
@@ -131,16 +132,20 @@ class InputReader:
         self.batch_lines, self.batch_bytes = batch_lines, batch_bytes
         self.max_line_bytes = max_line_bytes
         try:
-            if path.is_dir():
+            if str(path) == "-":  # standard input, streamed like a pipe
+                self.raw: BinaryIO = sys.stdin.buffer
+            elif path.is_dir():
                 raise UserError(f"input {path} is a folder; give the JSON file(s) inside it")
-            self.raw: BinaryIO = open(path, "rb")
+            else:
+                self.raw = open(path, "rb")
         except FileNotFoundError:
             raise UserError(f"input file not found: {path}") from None
         except PermissionError:
             raise UserError(f"cannot read input file {path}: permission denied") from None
         except OSError as e:
             raise UserError(f"cannot read input file {path}: {e.strerror or e}") from None
-        self.size = path.stat().st_size  # 0 for a pipe: its progress shows no total
+        self.size = os.fstat(self.raw.fileno()).st_size if stat.S_ISREG(os.fstat(self.raw.fileno()).st_mode) \
+            else 0  # a pipe: its progress shows no total
         magic = self.raw.peek(2)[:2]  # peek, not read + seek: a pipe cannot seek
         # GzipFile buffers by itself and hands over every line decoded before a
         # truncated end; a larger buffer on top would lose the lines around the break.
@@ -234,7 +239,7 @@ class InputReader:
 
     def _array_batches(self) -> Iterator[Batch]:
         batch, index = Batch(), 0
-        items = ijson.items(self.stream, "item", use_float=True)
+        items = array_items(self.stream)
         while True:
             try:
                 obj = next(items)
@@ -248,6 +253,9 @@ class InputReader:
                 break
             index += 1
             batch.lines += 1
+            if obj is TOO_DEEP:
+                batch.malformed.append(Malformed(index, "too_deep", f"nested deeper than {MAX_DEPTH} levels", b""))
+                continue
             try:
                 batch.records.append(msgspec.convert(obj, Record))
             except msgspec.ValidationError as e:
@@ -328,6 +336,52 @@ def span_lines(span: Span, max_line_bytes: int) -> list[bytes]:
     """The lines of a span, read by the worker itself: nothing crosses a pipe."""
     with io.BufferedReader(_Range(span.path, span.start, span.end), CHUNK_BYTES) as stream:
         return [line for chunk in line_lists(stream, max_line_bytes, first=span.start == 0) for line in chunk]
+
+
+MAX_DEPTH = 64  # a catalogue record nests a few levels; deeper is a broken file or an attack
+TOO_DEEP = object()  # stands for an array element nested deeper than MAX_DEPTH, never built
+_OPEN = {"start_map": dict, "start_array": list}
+
+
+def array_items(stream: BinaryIO) -> Iterator[object]:
+    """The elements of a JSON array, built from ijson's flat events (no per-event prefix strings,
+    whose length grows with the depth) with the nesting bounded: an element deeper than MAX_DEPTH
+    comes as TOO_DEEP, skipped without being built, so memory stays bounded whatever the input."""
+    events = ijson.basic_parse(stream, use_float=True)
+    for event, _ in events:
+        if event != "start_array":
+            raise ijson.JSONError("the file is not a JSON array")
+        break
+    stack: list = []  # containers being built, innermost last
+    keys: list = []  # the pending key of each map on the stack
+    skipped = 0  # depth inside an element that is too deep
+    for event, value in events:
+        if skipped:
+            skipped += 1 if event in _OPEN else -1 if event in ("end_map", "end_array") else 0
+            if not skipped and not stack:
+                yield TOO_DEEP
+            continue
+        if event in _OPEN:
+            if len(stack) >= MAX_DEPTH:  # drop the whole element: skip to its end, counting depth
+                skipped = len(stack) + 1
+                stack.clear(), keys.clear()
+                continue
+            stack.append(_OPEN[event]())
+            keys.append(None)
+            continue
+        if event == "map_key":
+            keys[-1] = value
+            continue
+        if event in ("end_map", "end_array"):
+            if not stack:
+                return  # the end of the top array
+            value, _ = stack.pop(), keys.pop()
+        if not stack:
+            yield value
+        elif isinstance(stack[-1], dict):
+            stack[-1][keys[-1]] = value
+        else:
+            stack[-1].append(value)
 
 
 def _encodable(obj: object) -> bool:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from shardtune.files import RollingShardWriter
+from shardtune.files import RollingShardWriter, file_crc32
 from shardtune.manifest import Shard
 
 SCHEMA = pa.schema([("uid", pa.string()), ("title", pa.string()), ("content", pa.string())])
@@ -45,7 +45,7 @@ class ShardWriter(RollingShardWriter):
         self._writer.close()
 
     def _describe(self, path: Path) -> Shard:
-        return Shard(file=path.name, rows=self._rows, bytes=path.stat().st_size)
+        return Shard(file=path.name, rows=self._rows, bytes=path.stat().st_size, crc32=file_crc32(path))
 
     def write(self, table: pa.Table) -> None:
         table = table.cast(self.schema)

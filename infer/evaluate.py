@@ -19,7 +19,8 @@ from rich.table import Table
 
 from shardtune.console import log
 from shardtune.errors import UserError
-from shardtune.files import atomic_open, write_json
+from shardtune.files import atomic_open, check_output_dir, locked, prepare_output_dir, write_json
+from shardtune.models import looks_like_path
 from shardtune.manifest import TokensManifest
 from shardtune.template import PromptTemplate
 
@@ -60,12 +61,27 @@ def check_vocabulary(answerer: Answerer, manifest: TokensManifest, name: str) ->
 
 
 def run_eval(base: str, tuned: str, data: Path, out: Path, config: EvalConfig | None = None) -> dict:
+    config = (config or EvalConfig()).check()
+    manifest = TokensManifest.read(data)
+    manifest.verify(data)
+    if manifest.splits["val"].examples == 0:
+        raise UserError(f"{data} has no validation examples; tokenize with --val-fraction above 0")
+    for name in (base, tuned):
+        if looks_like_path(name) and not Path(name).expanduser().exists():
+            raise UserError(f"model folder not found: {name}")
+    check_output_dir(out, REPORT_FILES)  # before any work; its old report is replaced only at the end
+    with locked(out, "eval"):
+        return _evaluate(base, tuned, data, out, config, manifest)
+
+
+REPORT_FILES = ("report.json", "report.md", "loss.png")
+
+
+def _evaluate(base: str, tuned: str, data: Path, out: Path, config: EvalConfig, manifest: TokensManifest) -> dict:
     from rouge_score import rouge_scorer
 
     from shardtune.tokens.shards import TokenShards
 
-    config = (config or EvalConfig()).check()
-    manifest = TokensManifest.read(data)
     val = TokenShards(manifest.shard_paths(data, "val"))
     if len(val) == 0:
         raise UserError(f"{data} has no validation examples; tokenize with --val-fraction above 0")
@@ -102,7 +118,7 @@ def run_eval(base: str, tuned: str, data: Path, out: Path, config: EvalConfig | 
                for q, r, b, t in zip(questions, references, answers["base"], answers["tuned"])]
     report = {**results, "samples": samples, "config": config.to_dict(), "data": str(data),
               "perplexity_examples": n_ppl}
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_output_dir(out, REPORT_FILES)  # only now: a failed eval leaves an earlier report as it was
     write_json(out / "report.json", report)
     curve = plot_losses(run_dir, out / "loss.png") if run_dir else None
     _write_markdown(out / "report.md", report, curve)

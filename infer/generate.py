@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -85,42 +86,87 @@ class Answerer:
         return results
 
 
-def read_questions(path: Path) -> list[str]:
-    """One question per line, or JSONL with a `title` (or `question`) field."""
+MAX_QUESTION_BYTES = 1 << 16  # a longer line is not a product title: it is skipped, and counted
+
+
+def _raw_lines(f) -> Iterator[bytes | None]:
+    """The lines of a binary file; None for a line over MAX_QUESTION_BYTES, skipped unread."""
+    while line := f.readline(MAX_QUESTION_BYTES + 1):
+        if len(line) > MAX_QUESTION_BYTES and not line.endswith(b"\n"):
+            while (rest := f.readline(1 << 20)) and not rest.endswith(b"\n"):
+                pass
+            yield None
+        else:
+            yield line
+
+
+def questions_in(path: Path) -> Iterator[str | None]:
+    """Each non-blank line's question: the line itself, or a JSONL line's `title` (or `question`);
+    None for a line that holds none (not JSON, no usable title, not UTF-8, too long)."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        f = open(path, "rb")
     except FileNotFoundError:
         raise UserError(f"input file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read {path}: {e}") from None
-    questions = []
-    for n, line in enumerate(lines, 1):
-        line = line.strip()
-        if not line:
-            continue
-        if line.startswith("{"):
+    except IsADirectoryError:
+        raise UserError(f"--input {path} is a folder; give a file of questions") from None
+    with f:
+        for raw in _raw_lines(f):
             try:
-                rec = json.loads(line)
-                line = rec.get("title") or rec.get("question") or ""
-            except (ValueError, AttributeError):
-                raise UserError(f"{path}:{n} is not valid JSON; give one question per line or JSONL with a title") from None
-        if line.strip():
-            questions.append(line.strip())
-    if not questions:
-        raise UserError(f"{path} holds no questions")
-    return questions
+                line = raw.decode("utf-8").strip() if raw is not None else None
+            except UnicodeDecodeError:
+                yield None
+                continue
+            if line is None or not line.startswith("{"):
+                if line != "":
+                    yield line
+                continue
+            try:
+                record = json.loads(line)
+                title = record.get("title") or record.get("question") if isinstance(record, dict) else None
+            except (ValueError, RecursionError):
+                title = None
+            yield title.strip() if isinstance(title, str) and title.strip() else None
 
 
-def answer_file(answerer: Answerer, src: Path, dst: Path, sampling: GenerateConfig) -> int:
+def check_output(src: Path, dst: Path) -> None:
+    if dst.exists() and src.exists() and dst.resolve() == src.resolve():
+        raise UserError(f"--output {dst} is the input file; writing it would overwrite the questions")
+    if dst.is_dir():
+        raise UserError(f"--output {dst} is a folder; give a file name")
+    if not dst.parent.is_dir():
+        raise UserError(f"the folder of --output {dst} does not exist; create it or choose another")
+
+
+def answer_file(answerer: Answerer, src: Path, dst: Path, sampling: GenerateConfig) -> tuple[int, int]:
+    """Answer every question of `src` into JSONL `dst`, streaming; (answered, lines skipped as unusable)."""
     from shardtune.files import atomic_open
 
-    questions = read_questions(src)
-    size = sampling.batch_size
-    with atomic_open(dst, "w", encoding="utf-8") as f, meter("generate", len(questions), "questions",
+    check_output(src, dst)
+    answered = skipped = 0
+    batch: list[str] = []
+    with atomic_open(dst, "w", encoding="utf-8") as f, meter("generate", None, "questions",
                                                              ("questions",)) as progress:
-        for start in range(0, len(questions), size):
-            for result in answerer.answer(questions[start:start + size], sampling):
+        def flush() -> None:
+            nonlocal answered
+            for result in answerer.answer(batch, sampling):
                 f.write(json.dumps(result, ensure_ascii=False) + "\n")
-            done = min(start + size, len(questions))
-            progress.update(done, questions=done)
-    return len(questions)
+            answered += len(batch)
+            batch.clear()
+            progress.update(answered, questions=answered)
+
+        for question in questions_in(src):
+            if question is None:
+                skipped += 1
+                continue
+            batch.append(question)
+            if len(batch) == sampling.batch_size:
+                flush()
+        if batch:
+            flush()
+        if not answered:
+            raise UserError(f"{src} holds no questions ({skipped:,} unusable lines: not JSON with a title, not "
+                            "UTF-8, or too long)")
+    if skipped:
+        log(f"generate: skipped {skipped:,} line(s) of {src} that hold no question (JSON without a title, not "
+            "UTF-8, or longer than 64 KB)")
+    return answered, skipped

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from . import __version__
@@ -37,17 +38,39 @@ def build_parser() -> Parser:
     return parser
 
 
+def describe_os_error(e: OSError) -> str:
+    """One line for what the machine refused: a full disk, a read-only folder, a missing path."""
+    import errno
+
+    where = f" ({e.filename})" if e.filename else ""
+    if e.errno == errno.ENOSPC:
+        return f"no space left on the device{where}; free some and re-run: what was written is consistent"
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"not allowed to write or read{where}: {e.strerror}; choose another folder or fix its permissions"
+    return f"{e.strerror or e}{where}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    fail = lambda message, code=2: (print(f"shardtune {args.command}: error: {message}", file=sys.stderr), code)[1]  # noqa: E731
     try:
         return args.run(args)
     except UserError as e:
-        print(f"shardtune {args.command}: error: {e}", file=sys.stderr)
-        return e.exit_code
+        return fail(e, e.exit_code)
     except KeyboardInterrupt:
         print(f"shardtune {args.command}: interrupted; outputs were left consistent, re-run to finish",
               file=sys.stderr)
         return 130
+    except OSError as e:
+        return fail(describe_os_error(e))
+    except MemoryError:
+        return fail("out of memory; lower --batch-lines / --batch-size or the number of workers")
+    except Exception as e:  # a bug: one line still, the traceback on request
+        if os.environ.get("SHARDTUNE_DEBUG"):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        return fail(f"unexpected {type(e).__name__}: {first[:300]} (SHARDTUNE_DEBUG=1 shows the traceback; "
+                    "please report it)", 1)
 
 
 if __name__ == "__main__":

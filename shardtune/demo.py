@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
+from .files import LOCK, locked
 from .options import Config, option
 
 
@@ -35,6 +36,22 @@ class DemoConfig(Config):
 
 
 def run_demo(out: Path, inputs: list[Path] | None = None, config: DemoConfig | None = None) -> dict:
+    config = (config or DemoConfig()).check()
+    sample = bundled_sample()
+    if not inputs and not sample.exists():
+        raise UserError(f"the bundled sample {sample} is missing; pass --input FILE")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file; give a folder with --out")
+    if out.exists() and any(p.name != LOCK for p in out.iterdir()) and not (out / "demo.txt").exists():
+        raise UserError(f"{out} is not empty and not an earlier demo; choose another --out")
+    with locked(out, "demo"):
+        for entry in out.iterdir():  # an earlier demo's, replaced
+            if entry.name != LOCK:
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        return _demo(out, inputs, config, sample)
+
+
+def _demo(out: Path, inputs: list[Path] | None, config: DemoConfig, sample: Path) -> dict:
     from .console import log
     from .etl.config import EtlConfig
     from .etl.pipeline import run_etl
@@ -47,17 +64,6 @@ def run_demo(out: Path, inputs: list[Path] | None = None, config: DemoConfig | N
     from .train.config import TrainConfig
     from .train.loop import run_train
 
-    config = (config or DemoConfig()).check()
-    sample = bundled_sample()
-    if not inputs and not sample.exists():
-        raise UserError(f"the bundled sample {sample} is missing; pass --input FILE")
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out} is a file; give a folder with --out")
-    if out.exists() and any(out.iterdir()):
-        if not (out / "demo.txt").exists():
-            raise UserError(f"{out} is not empty and not an earlier demo; choose another --out")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "demo.txt").write_text("Written by `shardtune demo`; the next demo run replaces this folder.\n")
     timings: dict[str, float] = {}
 

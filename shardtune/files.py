@@ -147,6 +147,76 @@ class InBackground:
         self.target.abort()
 
 
+LOCK = ".shardtune.lock"
+
+
+@contextmanager
+def locked(folder: Path, command: str) -> Iterator[None]:
+    """Hold an exclusive lock on an output folder while a command writes it, so that two runs can
+    never write one folder at once. The lock is the operating system's (flock): it goes with the
+    process, however it ends. The file names who holds it."""
+    import datetime
+    import fcntl
+    import socket
+
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"output path {folder} is a file; give a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = open(folder / LOCK, "a+")
+    except OSError as e:
+        raise UserError(f"cannot write to {folder}: {e.strerror or e}") from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise UserError(f"{folder} is in use by {holder}; wait for it to finish or choose another folder") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"shardtune {command} (pid {os.getpid()} on {socket.gethostname()}, since "
+                 f"{datetime.datetime.now().isoformat(timespec='seconds')})\n")
+    handle.flush()
+    try:
+        yield
+    finally:
+        handle.truncate(0)  # no holder any more
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def file_crc32(path: Path) -> int:
+    """A cheap checksum of a whole file (zlib's CRC-32, about 1 GB/s), to catch a replaced or damaged shard."""
+    import zlib
+
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def inside(folder: Path, name: str, what: str) -> Path:
+    """`folder / name` for a name read from a manifest, refused if it escapes the folder (../, absolute)."""
+    path = (folder / name).resolve()
+    if Path(name).is_absolute() or not path.is_relative_to(folder.resolve()):
+        raise UserError(f"{what} names {name!r}, outside {folder}; the manifest was edited: re-run the stage")
+    return path
+
+
+def verify_file(path: Path, size: int, crc: int | None, what: str, command: str) -> None:
+    """The file a manifest describes is there, whole and unchanged, or a one-line error naming it."""
+    try:
+        actual = path.stat().st_size
+    except FileNotFoundError:
+        raise UserError(f"{what} {path} is missing; re-run `shardtune {command}`") from None
+    if actual != size or (crc is not None and file_crc32(path) != crc):
+        raise UserError(f"{what} {path} is not the file its manifest describes ({actual:,} bytes, expected "
+                        f"{size:,}{' and its checksum' if actual == size else ''}); it was truncated or replaced: "
+                        f"re-run `shardtune {command}`")
+
+
 def write_json(path: Path, data: Any) -> None:
     with atomic_open(path, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2, ensure_ascii=False)
@@ -163,20 +233,15 @@ def read_json(path: Path, what: str) -> Any:
         raise UserError(f"cannot read {what} {path}: {e}") from None
 
 
-def prepare_output_dir(out: Path, owned: tuple[str, ...], manifest_name: str = "manifest.json",
-                       subfolders: dict[str, str] | None = None) -> None:
-    """Make `out` ready for a fresh run of a stage.
-
-    `owned` are glob patterns of the files this stage writes, `subfolders` maps
-    each folder it writes to the pattern of its files. A folder holding anything
-    else is refused (we never delete what we did not write). Our own leftovers,
-    complete or from a killed run, are removed, the manifest first, so an
-    interrupted re-run can never pass for a complete output.
-    """
+def check_output_dir(out: Path, owned: tuple[str, ...], manifest_name: str = "manifest.json",
+                     subfolders: dict[str, str] | None = None) -> list[Path]:
+    """The files of ours in `out` (a missing folder has none), or a one-line error if it is a file or
+    holds anything else: we never delete what we did not write. Changes nothing."""
     subfolders = subfolders or {}
     if out.exists() and not out.is_dir():
         raise UserError(f"output path {out} is a file; give a folder with --out")
-    out.mkdir(parents=True, exist_ok=True)
+    if not out.exists():
+        return []
 
     def foreign(entry: Path) -> UserError:
         return UserError(f"output folder {out} holds {entry.relative_to(out)}, which shardtune did not write; "
@@ -184,6 +249,8 @@ def prepare_output_dir(out: Path, owned: tuple[str, ...], manifest_name: str = "
 
     ours: list[Path] = []
     for entry in out.iterdir():
+        if entry.name == LOCK:  # held by this run
+            continue
         if entry.is_dir() and entry.name in subfolders:
             for inner in entry.iterdir():
                 if not (inner.is_file() and inner.match(subfolders[entry.name] + "*")):
@@ -194,6 +261,21 @@ def prepare_output_dir(out: Path, owned: tuple[str, ...], manifest_name: str = "
         else:
             raise foreign(entry)
     ours.sort(key=lambda p: p.name != manifest_name)  # manifest goes first
+    return ours
+
+
+def prepare_output_dir(out: Path, owned: tuple[str, ...], manifest_name: str = "manifest.json",
+                       subfolders: dict[str, str] | None = None) -> None:
+    """Make `out` ready for a fresh run of a stage.
+
+    `owned` are glob patterns of the files this stage writes, `subfolders` maps
+    each folder it writes to the pattern of its files. A folder holding anything
+    else is refused (we never delete what we did not write). Our own leftovers,
+    complete or from a killed run, are removed, the manifest first, so an
+    interrupted re-run can never pass for a complete output.
+    """
+    ours = check_output_dir(out, owned, manifest_name, subfolders)
+    out.mkdir(parents=True, exist_ok=True)
     for entry in ours:
         entry.unlink()
     if ours:

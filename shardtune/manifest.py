@@ -13,7 +13,7 @@ from typing import Any
 
 from . import __version__
 from .errors import UserError
-from .files import read_json, write_json
+from .files import inside, read_json, verify_file, write_json
 
 MANIFEST = "manifest.json"
 ETL_FORMAT = "shardtune.etl/1"
@@ -46,6 +46,7 @@ class Shard:
     file: str
     rows: int
     bytes: int
+    crc32: int | None = None  # zlib.crc32 of the whole file
 
 
 @dataclass
@@ -69,15 +70,28 @@ class EtlManifest:
     def balanced(self) -> bool:
         return self.lines_read == self.records_kept + sum(self.dropped.values()) + self.malformed
 
+    def verify(self, folder: Path) -> None:
+        """The manifest adds up and every shard is there, unchanged: or a one-line error."""
+        counts = [self.lines_read, self.records_kept, self.malformed, *self.dropped.values(),
+                  *(s.rows for s in self.shards)]
+        if not self.balanced() or any(not isinstance(c, int) or c < 0 for c in counts) or \
+                sum(s.rows for s in self.shards) != self.records_kept:
+            raise UserError(f"{folder / MANIFEST} does not add up (it was edited); re-run `shardtune etl`")
+        for shard in self.shards:
+            verify_file(inside(folder, shard.file, "the ETL manifest"), shard.bytes, shard.crc32, "ETL shard", "etl")
+
     def write(self, folder: Path) -> None:
         write_json(folder / MANIFEST, dataclasses.asdict(self))
 
     @classmethod
     def read(cls, folder: Path) -> "EtlManifest":
         data = _read_manifest(folder, ETL_FORMAT, "ETL manifest", "etl")
-        data["inputs"] = [InputFile(**i) for i in data["inputs"]]
-        data["shards"] = [Shard(**s) for s in data["shards"]]
-        return _build(cls, data)
+        try:
+            data["inputs"] = [InputFile(**i) for i in data["inputs"]]
+            data["shards"] = [Shard(**s) for s in data["shards"]]
+            return _build(cls, data)
+        except (KeyError, TypeError, AttributeError) as e:
+            raise UserError(f"{folder / MANIFEST} is damaged ({e}); re-run `shardtune etl`") from None
 
 
 TOKENS_FORMAT = "shardtune.tokens/1"
@@ -89,6 +103,7 @@ class TokenShard:
     examples: int
     tokens: int
     bytes: int
+    crc32: int | None = None  # zlib.crc32 of the whole file
 
 
 @dataclass
@@ -129,12 +144,29 @@ class TokensManifest:
     @classmethod
     def read(cls, folder: Path) -> "TokensManifest":
         data = _read_manifest(folder, TOKENS_FORMAT, "token manifest", "tokenize")
-        data["splits"] = {k: SplitStats(**{**v, "shards": [TokenShard(**s) for s in v["shards"]]})
-                          for k, v in data["splits"].items()}
-        return _build(cls, data)
+        try:
+            data["splits"] = {k: SplitStats(**{**v, "shards": [TokenShard(**s) for s in v["shards"]]})
+                              for k, v in data["splits"].items()}
+            manifest = _build(cls, data)
+        except (KeyError, TypeError, AttributeError) as e:
+            raise UserError(f"{folder / MANIFEST} is damaged ({e}); re-run `shardtune tokenize`") from None
+        if set(manifest.splits) != {"train", "val"}:
+            raise UserError(f"{folder / MANIFEST} is damaged (splits {sorted(manifest.splits)}); re-run `shardtune tokenize`")
+        return manifest
+
+    def verify(self, folder: Path) -> None:
+        """Every shard is there, unchanged, and the counts add up: or a one-line error."""
+        for name, split in self.splits.items():
+            if sum(s.examples for s in split.shards) != split.examples or \
+                    sum(s.tokens for s in split.shards) != split.tokens:
+                raise UserError(f"{folder / MANIFEST} does not add up for {name} (it was edited); "
+                                "re-run `shardtune tokenize`")
+            for shard in split.shards:
+                verify_file(inside(folder, shard.file, "the token manifest"), shard.bytes, shard.crc32,
+                            "token shard", "tokenize")
 
     def shard_paths(self, folder: Path, split: str) -> list[Path]:
-        return [folder / s.file for s in self.splits[split].shards]
+        return [inside(folder, s.file, "the token manifest") for s in self.splits[split].shards]
 
 
 RUN_INFO = "shardtune.json"

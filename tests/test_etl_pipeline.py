@@ -158,7 +158,8 @@ def test_reruns_are_deterministic_and_replace_the_old_output(tmp_path):
     assert first.shards == second.shards and first.dropped == second.dropped and second.balanced()
     # Fewer shards on a re-run with other options: the old extra shards are gone.
     run_etl([src], tmp_path / "out", EtlConfig(shard_rows=100_000))
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["manifest.json", "part-00000.parquet", "rejects.jsonl"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".shardtune.lock", "manifest.json",
+                                                                    "part-00000.parquet", "rejects.jsonl"]
 
 
 def test_a_utf8_byte_order_mark_and_crlf_line_ends_are_tolerated(tmp_path):
@@ -183,7 +184,7 @@ def test_output_is_byte_identical_for_any_number_of_workers(tmp_path):
             out = tmp_path / f"{name}-{workers}"
             m = run_etl([tmp_path / name], out, EtlConfig(workers=workers, batch_bytes=256 << 10, shard_rows=700,
                                                           keep_dropped=True))
-            files = sorted(p for p in out.iterdir() if p.name != "manifest.json")
+            files = sorted(p for p in out.iterdir() if p.name not in ("manifest.json", ".shardtune.lock"))
             outs[workers] = ({p.name: p.read_bytes() for p in files}, m.records_kept, m.dropped, m.malformed_reasons)
             assert m.balanced() and m.lines_read == 6000 and len(m.shards) > 3
         assert outs[1] == outs[2] == outs[3], name

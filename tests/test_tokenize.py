@@ -179,7 +179,10 @@ def test_token_shards_roll_over_and_an_aborted_shard_leaves_no_file(tmp_path):
     assert sorted(p.name for p in (tmp_path / "train").iterdir()) == ["tokens-00000.arrow", "tokens-00001.arrow.tmp"]
     writer.abort()
     assert [p.name for p in (tmp_path / "train").iterdir()] == ["tokens-00000.arrow"]
+    from shardtune.files import file_crc32
+
+    shard = tmp_path / "train" / "tokens-00000.arrow"
     assert writer.shards == [TokenShard(file="train/tokens-00000.arrow", examples=2, tokens=6,
-                                        bytes=(tmp_path / "train" / "tokens-00000.arrow").stat().st_size)]
+                                        bytes=shard.stat().st_size, crc32=file_crc32(shard))]
     shards = TokenShards([tmp_path / "train" / "tokens-00000.arrow"])
     assert [list(shards[i][0]) for i in range(len(shards))] == [[0, 1], [2, 3, 4, 5]]

@@ -14,7 +14,7 @@ class TokenizeConfig(Config):
 
     tokenizer: str = option("distilgpt2", "Hugging Face tokenizer name or folder", metavar="NAME")
     max_length: int = option(256, "tokens per example: prompt + answer + EOS (the question is kept whole, the "
-                             "answer cut)", min=2)
+                             "answer cut)", min=2, max=1 << 20)
     val_fraction: float = option(0.01, "share of products (by title) held out for validation", min=0, below=1)
     template: str = option(DEFAULT_TEMPLATE, "prompt template with {title}")
     batch_examples: int = option(8192, "examples encoded at a time (bounds memory)", min=1)

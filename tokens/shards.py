@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from shardtune.files import RollingShardWriter
+from shardtune.files import RollingShardWriter, file_crc32
 from shardtune.manifest import TokenShard
 
 SHARD_GLOB = "tokens-*.arrow"
@@ -67,7 +67,7 @@ class TokenShardWriter(RollingShardWriter):
 
     def _describe(self, path: Path) -> TokenShard:
         return TokenShard(file=f"{self.folder.name}/{path.name}", examples=self._rows, tokens=self._tokens,
-                          bytes=path.stat().st_size)
+                          bytes=path.stat().st_size, crc32=file_crc32(path))
 
     def write(self, values: np.ndarray, lengths: np.ndarray, prompt_lens: np.ndarray) -> None:
         """Append examples given as all their ids back to back plus each one's length."""
@@ -122,3 +122,7 @@ class TokenShards:
     @property
     def num_tokens(self) -> int:
         return int(self.lengths.sum())
+
+    def max_id(self) -> int:
+        """The largest token id in the shards (-1 when empty): a scan of the mapped ids, no copy."""
+        return max((int(v.max()) for v in self._values if len(v)), default=-1)

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from shardtune import __version__
 from shardtune.console import log, meter
 from shardtune.errors import UserError
-from shardtune.files import prepare_output_dir
+from shardtune.files import check_output_dir, inside, locked, prepare_output_dir
 from shardtune.manifest import MANIFEST, EtlManifest, SplitStats, TokensManifest
 from shardtune.template import PromptTemplate
 
@@ -41,20 +41,26 @@ def fingerprint(etl: EtlManifest, tokenizer_name: str, vocab: int, eos: int, con
 
 
 def _up_to_date(out: Path, print_: str) -> TokensManifest | None:
+    """The earlier output, if it was made from the same input and options and is still whole."""
     try:
         old = TokensManifest.read(out)
+        if old.fingerprint != print_:
+            return None
+        old.verify(out)  # a truncated or replaced shard is not up to date
     except UserError:
-        return None
-    if old.fingerprint != print_:
-        return None
-    if not all(p.exists() for split in SPLITS for p in old.shard_paths(out, split)):
         return None
     return old
 
 
+def histogram_edges(max_length: int, bins: int = 64) -> list[int]:
+    """At most `bins` equal bins up to max_length, each a multiple of 16 tokens wide."""
+    width = max(16, -(-max_length // bins // 16) * 16)
+    return list(range(0, max_length + width, width))
+
+
 def _row_batches(parquet_dir: Path, etl: EtlManifest, batch_examples: int):
     for shard in etl.shards:
-        parquet = pq.ParquetFile(parquet_dir / shard.file)
+        parquet = pq.ParquetFile(inside(parquet_dir, shard.file, "the ETL manifest"))
         for batch in parquet.iter_batches(batch_size=batch_examples, columns=["title", "content"]):
             yield batch.column(0).to_pylist(), batch.column(1).to_pylist()
 
@@ -71,14 +77,22 @@ def _fast_path_holds(tokenizer, template: PromptTemplate, sample: tuple[list[str
 def run_tokenize(parquet_dir: Path, out: Path, config: TokenizeConfig | None = None) -> TokensManifest:
     config = (config or TokenizeConfig()).check()
     etl = EtlManifest.read(parquet_dir)
+    etl.verify(parquet_dir)
+    check_output_dir(out, (MANIFEST,), subfolders={s: SHARD_GLOB for s in SPLITS})  # before any work
     template = PromptTemplate(config.template)
     tokenizer = load_tokenizer(config.tokenizer)
     vocab, eos = len(tokenizer), eos_id(tokenizer)
     print_ = fingerprint(etl, config.tokenizer, vocab, eos, config)
-    if not config.force and (old := _up_to_date(out, print_)) is not None:
-        log(f"tokenize: {out} is up to date with {parquet_dir} (same input, tokenizer and options); nothing to do")
-        return old
+    with locked(out, "tokenize"):
+        if not config.force and (old := _up_to_date(out, print_)) is not None:
+            log(f"tokenize: {out} is up to date with {parquet_dir} (same input, tokenizer and options); nothing to do")
+            return old
+        return _tokenize(parquet_dir, out, config, etl, template, tokenizer, print_)
 
+
+def _tokenize(parquet_dir: Path, out: Path, config: TokenizeConfig, etl: EtlManifest, template: PromptTemplate,
+              tokenizer, print_: str) -> TokensManifest:
+    vocab, eos = len(tokenizer), eos_id(tokenizer)
     prepare_output_dir(out, (MANIFEST,), subfolders={s: SHARD_GLOB for s in SPLITS})
     started = time.perf_counter()
     dtype = token_dtype(vocab)
@@ -89,7 +103,7 @@ def run_tokenize(parquet_dir: Path, out: Path, config: TokenizeConfig | None = N
     encoder = BatchEncoder(spec, workers)
     writers = {s: TokenShardWriter(out / s, dtype, config.shard_tokens) for s in SPLITS}
     stats = {s: SplitStats() for s in SPLITS}
-    edges = list(range(0, config.max_length + 16, 16))
+    edges = histogram_edges(config.max_length)
     histogram = np.zeros(len(edges) - 1, dtype=np.int64)
     dropped = seen = 0
     try:

@@ -25,8 +25,9 @@ def load_tokenizer(name: str):
     if is_local(name):
         try:
             return AutoTokenizer.from_pretrained(Path(name).expanduser())
-        except (OSError, ValueError) as e:
-            raise UserError(f"{name} holds no tokenizer that transformers can load: {str(e).splitlines()[0]}") from None
+        except Exception as e:  # a damaged or foreign folder can make the loader raise almost anything
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"{name} holds no tokenizer that transformers can load: {first}") from None
     if hub_reachable():
         try:
             return AutoTokenizer.from_pretrained(name)

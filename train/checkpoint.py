@@ -51,17 +51,25 @@ def save_checkpoint(run_dir: Path, model, optimizer, state: TrainState, keep: in
     final = run_dir / "checkpoints" / f"{PREFIX}{state.step:08d}"
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_weights(model, tmp)
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    rng = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state()
-    torch.save(rng, tmp / "rng.pt")
-    (tmp / "state.json").write_text(json.dumps(asdict(state), indent=2))
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+    try:
+        tmp.mkdir(parents=True)
+        save_weights(model, tmp)
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        rng = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state()
+        torch.save(rng, tmp / "rng.pt")
+        (tmp / "state.json").write_text(json.dumps(asdict(state), indent=2))
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    except BaseException as e:  # a full disk, a kill: no half checkpoint is left, the older ones stay
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            last = checkpoint_dirs(run_dir)
+            raise UserError(f"cannot write checkpoint {final.name}: {e.strerror or e}; the last whole checkpoint "
+                            f"is {last[-1] if last else 'none'}") from None
+        raise
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)

@@ -22,7 +22,7 @@ import torch
 
 from shardtune.console import log, meter
 from shardtune.errors import UserError
-from shardtune.files import fsync_dir, write_json
+from shardtune.files import LOCK, fsync_dir, locked, read_json, write_json
 from shardtune.manifest import RunInfo, TokensManifest
 from shardtune.models import enable_activation_checkpointing, load_model
 from shardtune.models.adapters import add_lora, is_peft, merge_adapter, quantize_nf4, unwrap
@@ -35,6 +35,12 @@ from .device import cap_gpu_memory, choose_precision, peak_memory_mb
 from .loss import AnswerLoss, batch_loss, summed_loss
 from .metrics import MetricsLog, describe
 from .optim import make_optimizer, skips_on_device
+
+
+# What a run folder may hold, and the options --resume must keep (the data position depends on them).
+RUN_FILES = {"config.json", "metrics.jsonl", "checkpoints", "final", "adapter", "tensorboard"}
+RESUME_FIELDS = ("model", "from_scratch", "max_length", "batch_size", "grad_accum", "loss_on", "seed",
+                 "length_buckets", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "quantize", "optim")
 
 
 def lr_at(step: int, total: int, config: TrainConfig) -> float:
@@ -95,7 +101,9 @@ class Trainer:
         self.rank, self.world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
         self.is_rank0 = self.rank == 0  # the one process that writes
         self.device = self._setup_device()
+        self._lock = contextlib.ExitStack()  # the run folder's lock, held by rank 0 until close()
         self.manifest = TokensManifest.read(tokens_dir)
+        self.manifest.verify(tokens_dir)
         self.train_data = TokenShards(self.manifest.shard_paths(tokens_dir, "train"))
         self.val_data = TokenShards(self.manifest.shard_paths(tokens_dir, "val"))
         if len(self.train_data) == 0:
@@ -108,32 +116,36 @@ class Trainer:
         gpu = self.device.type == "cuda"
         self.batch_rows, self.rows_multiple = (config.batch_size, 512) if gpu else (0, 1)
         self._check_run_dir()
-        self.metrics = MetricsLog(run_dir)
+        try:
+            self.metrics = MetricsLog(run_dir)
 
-        self.precision = choose_precision(self.device, config.precision)
-        self.model = self._build_model()
-        if self.device.type == "cuda" and torch.cuda.get_device_capability(self.device)[0] >= 8:
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
-        self.loss_fn = AnswerLoss(unwrap(self.model), body=self._compiled_body() if config.compile else None)
-        if self.world > 1:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.loss_fn = torch.nn.parallel.DistributedDataParallel(self.loss_fn, device_ids=ids)
-        self.optimizer = make_optimizer(self.model, config, self.device)
-        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision.use_scaler)
-        self.steps_per_epoch = len(self._batches(0)) // config.grad_accum
-        if self.steps_per_epoch == 0:
-            raise UserError(f"fewer training batches than --grad-accum {config.grad_accum}; lower it")
-        self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
-        self.state = TrainState(config=config.to_dict())
-        if config.resume:
-            self._resume()
-        self.counters = Counters(self.device, self.state.bad_steps)
-        self.tokens = {"real": 0, "padded": 0}  # this process's, since it started
-        self.lr = config.lr
-        self._epoch_cache: tuple[int, list] | None = None  # used by the prefetch thread only
-        self._prefetcher: Prefetcher | None = None
+            self.precision = choose_precision(self.device, config.precision)
+            self.model = self._build_model()
+            if self.device.type == "cuda" and torch.cuda.get_device_capability(self.device)[0] >= 8:
+                torch.backends.cuda.matmul.allow_tf32 = True
+                torch.backends.cudnn.allow_tf32 = True
+            self.loss_fn = AnswerLoss(unwrap(self.model), body=self._compiled_body() if config.compile else None)
+            if self.world > 1:
+                ids = [self.device.index] if self.device.type == "cuda" else None
+                self.loss_fn = torch.nn.parallel.DistributedDataParallel(self.loss_fn, device_ids=ids)
+            self.optimizer = make_optimizer(self.model, config, self.device)
+            self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+            self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision.use_scaler)
+            self.steps_per_epoch = len(self._batches(0)) // config.grad_accum
+            if self.steps_per_epoch == 0:
+                raise UserError(f"fewer training batches than --grad-accum {config.grad_accum}; lower it")
+            self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
+            self.state = TrainState(config=config.to_dict())
+            if config.resume:
+                self._resume()
+            self.counters = Counters(self.device, self.state.bad_steps)
+            self.tokens = {"real": 0, "padded": 0}  # this process's, since it started
+            self.lr = config.lr
+            self._epoch_cache: tuple[int, list] | None = None  # used by the prefetch thread only
+            self._prefetcher: Prefetcher | None = None
+        except BaseException:
+            self._lock.close()  # a run that never started holds nothing
+            raise
 
     # -- setup -------------------------------------------------------------------
     def _build_model(self):
@@ -180,13 +192,39 @@ class Trainer:
         return torch.compile(unwrap(self.model).base_model, mode=mode)
 
     def _check_run_dir(self) -> None:
-        if self.run_dir.exists() and not self.run_dir.is_dir():
-            raise UserError(f"{self.run_dir} is a file; give a folder with --out")
-        if not self.config.resume and self.run_dir.exists() and any(self.run_dir.iterdir()):
-            raise UserError(f"run folder {self.run_dir} is not empty; use --resume to continue that run, "
-                            "or choose another --out")
+        """A new run needs an empty folder; --resume needs a shardtune run of the same data and shape.
+        Rank 0 then holds the folder's lock until the run ends."""
+        run = self.run_dir
+        if run.exists() and not run.is_dir():
+            raise UserError(f"{run} is a file; give a folder with --out")
+        entries = {p.name for p in run.iterdir()} - {LOCK} if run.exists() else set()
+        if not self.config.resume and entries:
+            raise UserError(f"run folder {run} is not empty; use --resume to continue that run, or choose another --out")
         if self.is_rank0:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._lock.enter_context(locked(run, "train"))
+        if self.config.resume and entries:
+            self._check_same_run(entries)
+
+    def _check_same_run(self, entries: set[str]) -> None:
+        """--resume continues only a shardtune run (its files alone, nothing is deleted otherwise)
+        whose data position means the same: same token folder, batch, seed and model."""
+        run = self.run_dir
+        foreign = sorted(entries - RUN_FILES)
+        saved = read_json(run / "config.json", "run config") if (run / "config.json").exists() else None
+        if foreign or not isinstance(saved, dict) or not isinstance(saved.get("train"), dict):
+            what = f"it holds {', '.join(foreign[:3])}" if foreign else "it has no shardtune config.json"
+            raise UserError(f"{run} is not a shardtune run ({what}); give the folder of the run to resume")
+        mine = self.config.to_dict()
+        differ = [f"--{k.replace('_', '-')} {saved['train'].get(k)!r} -> {mine[k]!r}" for k in RESUME_FIELDS
+                  if saved["train"].get(k) != mine[k]]
+        if saved.get("tokens_fingerprint") != self.manifest.fingerprint:
+            differ.append(f"token folder {saved.get('tokens')} -> {self.tokens_dir}")
+        if differ:
+            raise UserError(f"--resume would continue {run} with other settings, and the data position depends on "
+                            f"them: {'; '.join(differ)}; resume with the run's own, or start a new --out")
+        for final in ("final", "adapter"):
+            if (run / final).exists() and not (run / final / "shardtune.json").exists():
+                raise UserError(f"{run / final} holds files shardtune did not write; move them before resuming")
 
     def _check_vocab(self, model) -> None:
         model_vocab = model.get_input_embeddings().num_embeddings
@@ -194,6 +232,10 @@ class Trainer:
             raise UserError(f"the token shards come from {self.manifest.tokenizer!r} ({self.manifest.vocab_size:,} "
                             f"tokens) but model {self.config.model!r} knows {model_vocab:,}; tokenize with the "
                             "model's own tokenizer")
+        largest = max(self.train_data.max_id(), self.val_data.max_id())  # an id past the embedding: a GPU assert
+        if largest >= model_vocab:
+            raise UserError(f"the token shards hold id {largest:,}, past the {model_vocab:,} ids of model "
+                            f"{self.config.model!r}; the shards do not match their manifest: re-run `shardtune tokenize`")
 
     def _resume(self) -> None:
         found = checkpoint_dirs(self.run_dir)
@@ -351,7 +393,8 @@ class Trainer:
 
     def _write_config(self) -> None:
         if self.is_rank0:
-            write_json(self.run_dir / "config.json", {"train": self.config.to_dict(), "tokens": str(self.tokens_dir)})
+            write_json(self.run_dir / "config.json", {"train": self.config.to_dict(), "tokens": str(self.tokens_dir),
+                                                      "tokens_fingerprint": self.manifest.fingerprint})
 
     def _save(self) -> None:
         self.state.bad_steps = int(self.counters.bad_run)  # a read-back: checkpoints are rare
@@ -404,6 +447,7 @@ class Trainer:
     def close(self) -> None:
         if self._prefetcher is not None:
             self._prefetcher.close()
+        self._lock.close()
         if self.world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 

@@ -24,17 +24,19 @@ def add_parser(sub) -> None:
 
 
 def run(args, config) -> int:
-    from shardtune.infer.generate import Answerer, answer_file
+    from shardtune.infer.generate import Answerer, answer_file, check_output
 
     if args.question is None and not args.interactive and args.input is None:
         raise UserError("give a QUESTION, --interactive, or --input FILE")
-    if args.input is not None and not args.input.is_file():
-        raise UserError(f"input file not found: {args.input}")
+    if args.input is not None:
+        if not args.input.exists():
+            raise UserError(f"input file not found: {args.input}")
+        dst = args.output or args.input.with_suffix(".answers.jsonl")
+        check_output(args.input, dst)  # before loading a model
     answerer = Answerer.load(args.model)
     if args.input is not None:
-        dst = args.output or args.input.with_suffix(".answers.jsonl")
-        n = answer_file(answerer, args.input, dst, config)
-        print(f"{n:,} answers -> {dst}")
+        answered, skipped = answer_file(answerer, args.input, dst, config)
+        print(f"{answered:,} answers -> {dst}" + (f" ({skipped:,} lines without a question skipped)" if skipped else ""))
         return 0
     if args.question is not None:
         stream = sys.stdout.isatty()

@@ -75,9 +75,9 @@ def _load(name: str, from_scratch: bool, vocab_size: int | None, eos_id: int | N
                             "Hugging Face model folder")
         try:
             return AutoModelForCausalLM.from_pretrained(Path(name).expanduser())
-        except (OSError, ValueError, KeyError) as e:
-            raise UserError(f"{name} is not a causal language model folder transformers can load: "
-                            f"{str(e).splitlines()[0]}") from None
+        except Exception as e:  # a damaged or foreign folder can make the loader raise almost anything
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"{name} is not a causal language model folder transformers can load: {first}") from None
     if from_scratch:
         known = ", ".join(p for f in FAMILIES for p in f.presets)
         raise UserError(f"--from-scratch knows these shapes: {known}; not {name!r}")

@@ -1,0 +1,357 @@
+"""Hostile input, every command: one line on stderr, exit code 2, no traceback, and no earlier
+good output changed. One row a case: the command line, what to set up first, the message.
+
+The good outputs (an etl folder, a token folder, a trained run) are made once; every case runs
+against copies or beside them, and the originals are compared byte for byte after each case.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import rec, synth_tokens, write_lines
+from shardtune.cli import main
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Good outputs to damage copies of: etl/, tokens/, a run with a checkpoint, and its final/."""
+    from shardtune.train.config import TrainConfig
+    from shardtune.train.loop import run_train
+
+    root = tmp_path_factory.mktemp("world")
+    synth_tokens(root, 400, seed=3)
+    run_train(root / "tokens", root / "run", TrainConfig(model="tiny", max_steps=2, batch_size=4, save_steps=1,
+                                                         eval_examples=8, max_length=64, log_steps=1))
+    (root / "questions.txt").write_text("Girls Ballet Tutu Neon Pink\n")
+    return root
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".shardtune.lock"}
+
+
+def copy(world: Path, name: str, tmp: Path) -> Path:
+    shutil.copytree(world / name, tmp / name, ignore=shutil.ignore_patterns(".shardtune.lock"))
+    return tmp / name
+
+
+def edit_json(path: Path, change) -> None:
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def first_shard(folder: Path) -> Path:
+    return sorted(folder.glob("part-*.parquet"))[0] if folder.name == "clean" else sorted(folder.glob("train/*.arrow"))[0]
+
+
+def flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def hold_lock(folder: Path):
+    from shardtune.files import locked
+
+    lock = locked(folder, "test")
+    lock.__enter__()
+    return lock
+
+
+# Each setup takes (world, tmp) and returns what the argv's {x} placeholder stands for, or None.
+def etl_into_foreign(w, t):
+    (t / "out").mkdir()
+    (t / "out" / "notes.txt").write_text("mine")
+
+
+def damaged_etl(change):
+    def setup(w, t):
+        clean = copy(w, "clean", t)
+        change(clean)
+    return setup
+
+
+def damaged_tokens(change):
+    def setup(w, t):
+        tokens = copy(w, "tokens", t)
+        change(tokens)
+    return setup
+
+
+def not_a_run(w, t):
+    (t / "mine" / "final").mkdir(parents=True)
+    (t / "mine" / "final" / "important.txt").write_text("keep me")
+
+
+def run_copy(w, t):
+    copy(w, "run", t)
+
+
+def corrupt_model(w, t):
+    (t / "bad").mkdir()
+    shutil.copy(w / "run" / "final" / "config.json", t / "bad" / "config.json")
+    (t / "bad" / "model.safetensors").write_bytes(b"\x00" * 64)
+
+
+def pickle_checkpoint(w, t):
+    run = copy(w, "run", t)
+    newest = sorted((run / "checkpoints").iterdir())[-1]
+    # a classic pickle payload: unpickling it would call os.system("touch .../pwned")
+    (newest / "optimizer.pt").write_bytes(b"cos\nsystem\n(S'touch " + str(t).encode() + b"/pwned'\ntR.")
+
+
+def same_output_as_input(w, t):
+    (t / "q.txt").write_text("Girls Ballet Tutu Neon Pink\n")
+
+
+def unusable_questions(w, t):
+    (t / "q.jsonl").write_text('{"name": "no title"}\n{"title": 42}\n{"title": "  "}\n')
+
+
+def gguf_not(w, t):
+    (t / "model.gguf").write_text("not a gguf")
+
+
+def locked_out(w, t):
+    (t / "out").mkdir()
+    return hold_lock(t / "out")
+
+
+def toml(text: bytes):
+    def setup(w, t):
+        (t / "c.toml").write_bytes(text)
+    return setup
+
+
+TOKENS, CLEAN, RUN = "{world}/tokens", "{world}/clean", "{world}/run"
+CASES = [
+    # etl
+    ("etl: missing input", ["etl", "{tmp}/nope.json", "--out", "{tmp}/out"], None, "input file not found"),
+    ("etl: input is a folder", ["etl", "{tmp}", "--out", "{tmp}/out"], None, "is a folder"),
+    ("etl: output is a file", ["etl", "{world}/trn.json", "--out", "{world}/trn.json"], None, "is a file"),
+    ("etl: output holds foreign files", ["etl", "{world}/trn.json", "--out", "{tmp}/out"], etl_into_foreign, "notes.txt"),
+    ("etl: output under a file", ["etl", "{world}/trn.json", "--out", "{world}/trn.json/sub"], None, "cannot write"),
+    ("etl: output on a read-only file system", ["etl", "{world}/trn.json", "--out", "/proc/self/shardtune"], None,
+     "cannot write"),
+    ("etl: output locked by another run", ["etl", "{world}/trn.json", "--out", "{tmp}/out"], locked_out, "in use by"),
+    ("etl: --shard-rows 0", ["etl", "{world}/trn.json", "--out", "{tmp}/o", "--shard-rows", "0"], None, "--shard-rows must be"),
+    ("etl: --batch-lines -1", ["etl", "{world}/trn.json", "--out", "{tmp}/o", "--batch-lines", "-1"], None, "--batch-lines must be"),
+    ("etl: --workers 1000", ["etl", "{world}/trn.json", "--out", "{tmp}/o", "--workers", "1000"], None, "--workers must be"),
+    ("etl: --max-line-bytes not a number", ["etl", "{world}/trn.json", "--out", "{tmp}/o", "--max-line-bytes", "1e9"], None,
+     "invalid int value"),
+    ("etl: TOML unknown key", ["etl", "{world}/trn.json", "--out", "{tmp}/o", "--config", "{tmp}/c.toml"],
+     toml(b"[etl]\nshards = 3\n"), "unknown key 'shards'"),
+    ("etl: TOML not UTF-8", ["etl", "{world}/trn.json", "--out", "{tmp}/o", "--config", "{tmp}/c.toml"],
+     toml(b"[etl]\nmin_content_chars = 3 # \xff\xfe\n"), "not UTF-8"),
+    ("etl: TOML boolean for an integer", ["etl", "{world}/trn.json", "--out", "{tmp}/o", "--config", "{tmp}/c.toml"],
+     toml(b"[etl]\nbatch_lines = true\n"), "--batch-lines must be a whole number"),
+    ("etl: TOML broken", ["etl", "{world}/trn.json", "--out", "{tmp}/o", "--config", "{tmp}/c.toml"],
+     toml(b"[etl\n"), "cannot read config file"),
+    ("etl: TOML missing", ["etl", "{world}/trn.json", "--out", "{tmp}/o", "--config", "{tmp}/none.toml"], None,
+     "config file not found"),
+    # tokenize: manifests are not trusted
+    ("tokenize: no etl folder", ["tokenize", "{tmp}/none", "--out", "{tmp}/tok"], None, "ETL manifest not found"),
+    ("tokenize: manifest is not JSON", ["tokenize", "{tmp}/clean", "--out", "{tmp}/tok"],
+     damaged_etl(lambda c: (c / "manifest.json").write_text("{oops")), "cannot read ETL manifest"),
+    ("tokenize: manifest of another format", ["tokenize", "{tmp}/clean", "--out", "{tmp}/tok"],
+     damaged_etl(lambda c: edit_json(c / "manifest.json", lambda d: d.update(format="x"))), "is not a shardtune ETL manifest"),
+    ("tokenize: manifest counts edited", ["tokenize", "{tmp}/clean", "--out", "{tmp}/tok"],
+     damaged_etl(lambda c: edit_json(c / "manifest.json", lambda d: d.update(records_kept=d["records_kept"] + 1))),
+     "does not add up"),
+    ("tokenize: manifest shards not a list", ["tokenize", "{tmp}/clean", "--out", "{tmp}/tok"],
+     damaged_etl(lambda c: edit_json(c / "manifest.json", lambda d: d.update(shards="x"))), "is damaged"),
+    ("tokenize: shard truncated", ["tokenize", "{tmp}/clean", "--out", "{tmp}/tok"],
+     damaged_etl(lambda c: first_shard(c).write_bytes(first_shard(c).read_bytes()[:100])), "truncated or replaced"),
+    ("tokenize: shard replaced, same size", ["tokenize", "{tmp}/clean", "--out", "{tmp}/tok"],
+     damaged_etl(lambda c: flip_byte(first_shard(c))), "truncated or replaced"),
+    ("tokenize: shard missing", ["tokenize", "{tmp}/clean", "--out", "{tmp}/tok"],
+     damaged_etl(lambda c: first_shard(c).unlink()), "is missing"),
+    ("tokenize: shard path escapes the folder", ["tokenize", "{tmp}/clean", "--out", "{tmp}/tok"],
+     damaged_etl(lambda c: edit_json(c / "manifest.json", lambda d: d["shards"][0].update(file="../../etc/passwd"))),
+     "outside"),
+    ("tokenize: --max-length 1000000000", ["tokenize", CLEAN, "--out", "{tmp}/tok", "--max-length", "1000000000"], None,
+     "--max-length must be"),
+    ("tokenize: template without {title}", ["tokenize", CLEAN, "--out", "{tmp}/tok", "--template", "Q: A:"], None,
+     "must contain {title}"),
+    ("tokenize: template with another field", ["tokenize", CLEAN, "--out", "{tmp}/tok", "--template", "{title} {x}"], None,
+     "no other {fields}"),
+    ("tokenize: --template-file missing", ["tokenize", CLEAN, "--out", "{tmp}/tok", "--template-file", "{tmp}/t"], None,
+     "cannot read --template-file"),
+    ("tokenize: --template-file not UTF-8", ["tokenize", CLEAN, "--out", "{tmp}/tok", "--template-file", "{tmp}/c.toml"],
+     toml(b"\xff\xfe{title}"), "cannot read --template-file"),
+    ("tokenize: --val-fraction 1", ["tokenize", CLEAN, "--out", "{tmp}/tok", "--val-fraction", "1"], None,
+     "--val-fraction must be"),
+    ("tokenize: unknown tokenizer offline", ["tokenize", CLEAN, "--out", "{tmp}/tok", "--tokenizer", "x/y"], None,
+     "hub is unreachable"),
+    ("tokenize: output is a file", ["tokenize", CLEAN, "--out", "{world}/trn.json"], None, "is a file"),
+    # train
+    ("train: no token folder", ["train", "{tmp}/none", "--out", "{tmp}/run"], None, "token manifest not found"),
+    ("train: token shard truncated", ["train", "{tmp}/tokens", "--out", "{tmp}/run", "--model", "tiny"],
+     damaged_tokens(lambda k: first_shard(k).write_bytes(first_shard(k).read_bytes()[:64])), "truncated or replaced"),
+    ("train: token shard replaced, same size", ["train", "{tmp}/tokens", "--out", "{tmp}/run", "--model", "tiny"],
+     damaged_tokens(lambda k: flip_byte(first_shard(k))), "truncated or replaced"),
+    ("train: token manifest examples edited", ["train", "{tmp}/tokens", "--out", "{tmp}/run", "--model", "tiny"],
+     damaged_tokens(lambda k: edit_json(k / "manifest.json", lambda d: d["splits"]["train"].update(examples=1))),
+     "does not add up"),
+    ("train: token manifest of one split", ["train", "{tmp}/tokens", "--out", "{tmp}/run", "--model", "tiny"],
+     damaged_tokens(lambda k: edit_json(k / "manifest.json", lambda d: d["splits"].pop("val"))), "is damaged"),
+    ("train: --lr inf", ["train", TOKENS, "--out", "{tmp}/run", "--lr", "inf"], None, "--lr must be a finite number"),
+    ("train: --weight-decay nan", ["train", TOKENS, "--out", "{tmp}/run", "--weight-decay", "nan"], None,
+     "--weight-decay must be a finite number"),
+    ("train: --clip-grad -1", ["train", TOKENS, "--out", "{tmp}/run", "--clip-grad", "-1"], None, "--clip-grad must be"),
+    ("train: --max-steps -1", ["train", TOKENS, "--out", "{tmp}/run", "--max-steps", "-1"], None, "--max-steps must be"),
+    ("train: --batch-size true", ["train", TOKENS, "--out", "{tmp}/run", "--batch-size", "true"], None,
+     "invalid int value"),
+    ("train: no epochs and no steps", ["train", TOKENS, "--out", "{tmp}/run", "--epochs", "0"], None,
+     "give --epochs or --max-steps"),
+    ("train: --length-buckets 1000", ["train", TOKENS, "--out", "{tmp}/run", "--length-buckets", "1000"], None,
+     "--length-buckets must be"),
+    ("train: a folder that is not empty", ["train", TOKENS, "--out", "{world}/clean"], None, "not empty; use --resume"),
+    ("train: --resume into a folder that is not a run", ["train", TOKENS, "--out", "{tmp}/mine", "--resume", "--model",
+                                                         "tiny"], not_a_run, "is not a shardtune run"),
+    ("train: --resume with another batch size", ["train", TOKENS, "--out", "{tmp}/run", "--resume", "--model", "tiny",
+                                                 "--max-length", "64", "--batch-size", "8"], run_copy, "--batch-size 4 -> 8"),
+    ("train: --resume with another seed", ["train", TOKENS, "--out", "{tmp}/run", "--resume", "--model", "tiny",
+                                           "--max-length", "64", "--batch-size", "4", "--seed", "7"], run_copy,
+     "--seed 42 -> 7"),
+    ("train: --resume with another token folder", ["train", "{tmp}/tokens", "--out", "{tmp}/run", "--resume", "--model",
+                                                   "tiny", "--max-length", "64", "--batch-size", "4"],
+     lambda w, t: (run_copy(w, t), damaged_tokens(lambda k: None)(w, t),
+                   edit_json(t / "tokens" / "manifest.json", lambda d: d.update(fingerprint="other"))), "token folder"),
+    ("train: model folder missing", ["train", TOKENS, "--out", "{tmp}/run", "--model", "{tmp}/no/such/model"], None,
+     "model folder not found"),
+    ("train: model with corrupt safetensors", ["train", TOKENS, "--out", "{tmp}/run", "--model", "{tmp}/bad"],
+     corrupt_model, "not a causal language model folder"),
+    ("train: a pickle payload as optimizer state", ["train", TOKENS, "--out", "{tmp}/run", "--resume", "--model", "tiny",
+                                                    "--max-length", "64", "--batch-size", "4", "--max-steps", "3"],
+     pickle_checkpoint, "cannot resume from"),
+    ("train: --quantize nf4 without LoRA", ["train", TOKENS, "--out", "{tmp}/run", "--quantize", "nf4"], None,
+     "add --lora-r"),
+    ("train: paged optimizer without CUDA", ["train", TOKENS, "--out", "{tmp}/run", "--model", "tiny", "--optim",
+                                             "paged_adamw8bit"], None, "needs CUDA"),
+    ("train: nothing fits the card", ["train", TOKENS, "--out", "{tmp}/run", "--model", "tiny", "--vram", "0.1"], None,
+     "nothing fits"),
+    ("train: run folder locked", ["train", TOKENS, "--out", "{tmp}/out", "--model", "tiny"], locked_out, "in use by"),
+    # generate
+    ("generate: --output is the input", ["generate", RUN + "/final", "--input", "{tmp}/q.txt", "--output", "{tmp}/q.txt"],
+     same_output_as_input, "is the input file"),
+    ("generate: --output in a missing folder", ["generate", RUN + "/final", "--input", "{world}/questions.txt",
+                                                "--output", "{tmp}/no/a.jsonl"], None, "does not exist"),
+    ("generate: --output is a folder", ["generate", RUN + "/final", "--input", "{world}/questions.txt", "--output",
+                                        "{tmp}"], None, "is a folder"),
+    ("generate: no usable question", ["generate", RUN + "/final", "--input", "{tmp}/q.jsonl"], unusable_questions,
+     "holds no questions (3 unusable"),
+    ("generate: --input missing", ["generate", RUN + "/final", "--input", "{tmp}/none.txt"], None, "input file not found"),
+    ("generate: --top-k -1", ["generate", RUN + "/final", "q", "--top-k", "-1"], None, "--top-k must be"),
+    ("generate: --top-p 0", ["generate", RUN + "/final", "q", "--top-p", "0"], None, "--top-p must be"),
+    ("generate: --temperature -0.5", ["generate", RUN + "/final", "q", "--temperature", "-0.5"], None,
+     "--temperature must be"),
+    ("generate: --repetition-penalty 0", ["generate", RUN + "/final", "q", "--repetition-penalty", "0"], None,
+     "--repetition-penalty must be"),
+    ("generate: --max-new-tokens 0", ["generate", RUN + "/final", "q", "--max-new-tokens", "0"], None,
+     "--max-new-tokens must be"),
+    ("generate: --batch-size 0", ["generate", RUN + "/final", "q", "--batch-size", "0"], None, "--batch-size must be"),
+    ("generate: not a model folder", ["generate", TOKENS, "q"], None, "not a model folder"),
+    ("generate: an adapter without its run", ["generate", "{tmp}/adapter", "q"],
+     lambda w, t: ((t / "adapter").mkdir(), (t / "adapter" / "adapter_config.json").write_text("{}")),
+     "no shardtune.json naming its base"),
+    ("generate: empty question", ["generate", RUN + "/final", "  "], None, "question is empty"),
+    # eval
+    ("eval: no token folder", ["eval", "--base", "tiny", "--tuned", RUN + "/final", "--data", "{tmp}/none", "--out",
+                               "{tmp}/e"], None, "token manifest not found"),
+    ("eval: report folder holds foreign files", ["eval", "--base", "tiny", "--tuned", RUN + "/final", "--data", TOKENS,
+                                                 "--out", "{tmp}/out", "--samples", "1", "--eval-examples", "4"],
+     etl_into_foreign, "notes.txt"),
+    ("eval: --samples 0", ["eval", "--base", "tiny", "--tuned", "x", "--data", TOKENS, "--samples", "0"], None,
+     "--samples must be"),
+    ("eval: tuned model missing", ["eval", "--base", "tiny", "--tuned", "{tmp}/none/final", "--data", TOKENS, "--out",
+                                   "{tmp}/e", "--samples", "1", "--eval-examples", "4"], None, "model folder not found"),
+    # demo
+    ("demo: --out not empty and not a demo", ["demo", "--out", "{world}"], None, "not an earlier demo"),
+    ("demo: --steps 0", ["demo", "--steps", "0"], None, "--steps must be"),
+    ("demo: --input missing", ["demo", "--out", "{tmp}/d", "--input", "{tmp}/none.json", "--steps", "1"], None,
+     "input file not found"),
+    # synth, plan, convert, bench
+    ("synth: --malformed-rate 2", ["synth", "{tmp}/s.json", "--malformed-rate", "2"], None, "--malformed-rate must be"),
+    ("synth: --profile unknown", ["synth", "{tmp}/s.json", "--profile", "huge"], None, "invalid choice"),
+    ("synth: OUT is a folder", ["synth", "{tmp}", "--lines", "3"], None, "Is a directory"),
+    ("plan: --vram 0", ["plan", "--vram", "0"], None, "--vram must be"),
+    ("plan: model folder missing", ["plan", "--model", "{tmp}/none"], None, "cannot read the config"),
+    ("plan: --max-length 4", ["plan", "--max-length", "4"], None, "--max-length must be"),
+    ("convert: file missing", ["convert", "{tmp}/none.gguf", "--out", "{tmp}/m"], None, "file not found"),
+    ("convert: not a GGUF", ["convert", "{tmp}/model.gguf", "--out", "{tmp}/m"], gguf_not, "cannot read"),
+    ("bench etl: --lines 0", ["bench", "etl", "--lines", "0"], None, "--lines must be"),
+    ("bench etl: --profiles unknown", ["bench", "etl", "--profiles", "x"], None, "--profiles must name"),
+    ("bench memory: unknown model", ["bench", "memory", "--model", "llama"], None, "cannot read the config"),
+    ("bench train: --steps 2", ["bench", "train", "--steps", "2"], None, "--steps must be at least 4"),
+    ("bench gpu: no GPU", ["bench", "gpu", "--workdir", "{tmp}/g"], None, "needs an NVIDIA GPU"),
+    ("bench fits: --batch-size 0", ["bench", "fits", "--batch-size", "0"], None, "--batch-size must be"),
+    ("bench generate: no model", ["bench", "generate", "--model", "{tmp}/none"], None, "no model in"),
+    ("unknown command", ["nonsense"], None, "invalid choice"),
+]
+
+
+@pytest.mark.parametrize("name, argv, setup, message", CASES, ids=[c[0] for c in CASES])
+def test_hostile_input_is_one_line_exit_2_and_changes_nothing(world, tmp_path, capsys, name, argv, setup, message):
+    lock = setup(world, tmp_path) if setup else None
+    before = {name: snapshot(world / name) for name in ("clean", "tokens", "run")}
+    args = [a.replace("{world}", str(world)).replace("{tmp}", str(tmp_path)) for a in argv]
+    try:
+        code = main(args)
+    except SystemExit as e:  # argparse's own usage errors
+        code = e.code
+    finally:
+        if lock is not None and hasattr(lock, "__exit__"):
+            lock.__exit__(None, None, None)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, (code, err)
+    errors = [line for line in err if ": error: " in line]  # log lines before it may say what was being done
+    assert len(errors) == 1 and err[-1] == errors[0] and message in errors[0], err
+    assert not any("Traceback" in line for line in err), err
+    assert {name: snapshot(world / name) for name in ("clean", "tokens", "run")} == before  # nothing changed
+    assert not (tmp_path / "pwned").exists()  # no pickle payload ever runs
+    if "important.txt" in str(list(tmp_path.rglob("*"))):
+        assert (tmp_path / "mine" / "final" / "important.txt").read_text() == "keep me"
+
+
+def test_hostile_input_the_commands_survive(world, tmp_path):
+    """Malformed data is quarantined and counted; the run goes on."""
+    from shardtune.manifest import EtlManifest
+
+    deep = b'{"uid": "d", "title": "Deep", "content": "x", "n": ' + b"[" * 1000 + b"]" * 1000 + b"}"
+    src = write_lines(tmp_path / "trn.json", [rec(uid="a"), deep, rec(uid="b", content="Another good one here.")])
+    assert main(["etl", str(src), "--out", str(tmp_path / "a")]) == 0
+    assert EtlManifest.read(tmp_path / "a").malformed_reasons == {"too_deep": 1}
+    array = tmp_path / "array.json"
+    array.write_bytes(b'[{"uid": "a", "title": "t", "content": "Long enough content here."}, ' + b"[" * 100_000 +
+                      b"]" * 100_000 + b', {"uid": "b", "title": "u", "content": "Another good one here."}]')
+    assert main(["etl", str(array), "--out", str(tmp_path / "b")]) == 0
+    m = EtlManifest.read(tmp_path / "b")
+    assert m.records_kept == 2 and m.malformed_reasons == {"too_deep": 1} and m.balanced()
+    # a truncated token shard is not "up to date": tokenize redoes it
+    tokens = copy(world, "tokens", tmp_path)
+    shard = first_shard(tokens)
+    shard.write_bytes(shard.read_bytes()[:128])
+    assert main(["tokenize", str(world / "clean"), "--out", str(tokens), "--max-length", "64",
+                 "--val-fraction", "0.1"]) == 0
+    from shardtune.manifest import TokensManifest
+
+    TokensManifest.read(tokens).verify(tokens)
+
+
+def test_hostile_input_from_a_pipe_and_stdin(world, tmp_path):
+    lines = b"".join(json.dumps(rec(uid=f"u{i}", content=f"Content number {i} is long enough.")).encode() + b"\n"
+                     for i in range(50))
+    result = subprocess.run([sys.executable, "-m", "shardtune.cli", "etl", "-", "--out", str(tmp_path / "out")],
+                            input=lines, capture_output=True, env={**os.environ, "SHARDTUNE_PLAIN_LOGS": "1"})
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["records_kept"] == 50
