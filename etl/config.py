@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shardtune.errors import UserError
 from shardtune.options import Config, option
 
 
@@ -21,3 +22,21 @@ class EtlConfig(Config):
     max_line_bytes: int = option(1 << 20, "quarantine longer lines (line_too_long) without reading them into "
                                  "memory", min=1)
     keep_dropped: bool = option(False, "also write dropped-*.parquet: every filtered record with its reason")
+    id_field: str = option("uid", "key of a record's id; dotted for a nested key (product.asin)", metavar="KEY",
+                           group="field mapping")
+    title_field: str = option("title", "key of a record's title; dotted for a nested key", metavar="KEY",
+                              group="field mapping")
+    content_field: str = option("content", "key of a record's description; dotted for a nested key "
+                                "(details.description); a list of strings is joined", metavar="KEY",
+                                group="field mapping")
+
+    def fields(self):
+        from .fields import Fields
+
+        return Fields(self.id_field, self.title_field, self.content_field)
+
+    def validate(self) -> None:
+        for name in ("id_field", "title_field", "content_field"):
+            value = getattr(self, name)
+            if not value or any(not part for part in value.split(".")):
+                raise UserError(f"--{name.replace('_', '-')} must be a key, or keys joined by dots (got {value!r})")

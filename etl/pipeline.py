@@ -25,6 +25,7 @@ from shardtune.files import InBackground, atomic_open, check_output_dir, locked,
 from shardtune.manifest import EtlManifest, InputFile
 
 from .config import EtlConfig
+from .fields import check_fields, schema
 from .filters import apply_filters, default_filters, settle
 from .read import Batch, InputReader, Span
 from .workers import decode_and_clean, start
@@ -36,9 +37,12 @@ def run_etl(inputs: list[Path], out: Path, config: EtlConfig | None = None) -> E
     config = (config or EtlConfig()).check()
     if not inputs:
         raise UserError("no input files given")
-    readers = [InputReader(p, config.batch_lines, config.max_line_bytes, config.batch_bytes)
+    record = schema(config.fields())
+    readers = [InputReader(p, config.batch_lines, config.max_line_bytes, config.batch_bytes, record)
                for p in inputs]  # fail fast on bad paths
     check_output_dir(out, OWNED_FILES)
+    for reader in readers:
+        check_fields(reader.path, config.fields())
     with locked(out, "etl"):
         return _run(readers, out, config)
 

@@ -32,16 +32,11 @@ import msgspec
 
 from shardtune.errors import UserError
 
+from .fields import Fields, Schema
+from .fields import schema as record_schema
+
 REJECT_BYTES = 1024  # raw text kept per malformed line
 CHUNK_BYTES = 4 << 20  # bytes read at a time
-
-
-class Record(msgspec.Struct, gc=False):  # gc=False: millions of them, no cycles possible
-    """The fields shardtune uses; label arrays and other keys are skipped unparsed."""
-
-    uid: str
-    title: str
-    content: str
 
 
 class _TooLong(bytes):
@@ -62,14 +57,11 @@ class Malformed:
 
 @dataclass
 class Batch:
-    records: list[Record] = field(default_factory=list)
+    records: list = field(default_factory=list)  # decoded records (structs of the field mapping's schema)
     malformed: list[Malformed] = field(default_factory=list)
     lines: int = 0  # input lines (or array elements) this batch covers
     position: int = 0  # bytes of the (compressed) input file consumed so far
 
-    def columns(self) -> dict[str, list[str]]:
-        recs = self.records
-        return {"uid": [r.uid for r in recs], "title": [r.title for r in recs], "content": [r.content for r in recs]}
 
 
 @dataclass
@@ -127,8 +119,10 @@ PEEK_BYTES = 65536  # how far the format check looks
 class InputReader:
     """Reads one input file in blocks or batches of at most `batch_lines` lines and about `batch_bytes`."""
 
-    def __init__(self, path: Path, batch_lines: int, max_line_bytes: int, batch_bytes: int = 8 << 20) -> None:
+    def __init__(self, path: Path, batch_lines: int, max_line_bytes: int, batch_bytes: int = 8 << 20,
+                 schema: Schema | None = None) -> None:
         self.path = path
+        self.schema = schema or record_schema(Fields())
         self.batch_lines, self.batch_bytes = batch_lines, batch_bytes
         self.max_line_bytes = max_line_bytes
         try:
@@ -257,7 +251,7 @@ class InputReader:
                 batch.malformed.append(Malformed(index, "too_deep", f"nested deeper than {MAX_DEPTH} levels", b""))
                 continue
             try:
-                batch.records.append(msgspec.convert(obj, Record))
+                batch.records.append(msgspec.convert(obj, self.schema.type))
             except msgspec.ValidationError as e:
                 raw = msgspec.json.encode(obj)[:REJECT_BYTES] if _encodable(obj) else repr(obj).encode()[:REJECT_BYTES]
                 batch.malformed.append(Malformed(index, *_classify(e), raw))
@@ -392,17 +386,14 @@ def _encodable(obj: object) -> bool:
         return False
 
 
-_DECODE = msgspec.json.Decoder(Record).decode
-
-
-def decode_lines(lines: list[bytes], first_line: int, position: int, max_line_bytes: int) -> Batch:
+def decode_lines(lines: list[bytes], first_line: int, position: int, max_line_bytes: int, schema: Schema) -> Batch:
     """The records of raw lines; each line that is not one goes to `malformed`."""
     batch = Batch(lines=len(lines), position=position)
-    keep, flag = batch.records.append, batch.malformed.append
+    keep, flag, decode = batch.records.append, batch.malformed.append, schema.decode
     for lineno, line in enumerate(lines, first_line):
         if type(line) is bytes and len(line) <= max_line_bytes:
             try:
-                keep(_DECODE(line))
+                keep(decode(line))
             except (msgspec.DecodeError, UnicodeDecodeError) as e:
                 flag(Malformed(lineno, *_classify(e, line), line[:REJECT_BYTES].rstrip(b"\r")))
             except RecursionError:  # nested deeper than the decoder's stack

@@ -23,16 +23,18 @@ def decode_and_clean(item, config):
     import polars as pl
 
     from .clean import clean_frame
+    from .fields import schema
     from .filters import apply_filters, default_filters
     from .read import Block, Span, decode_lines, span_lines
 
+    record = schema(config.fields())
     if isinstance(item, Span):
-        batch = decode_lines(span_lines(item, config.max_line_bytes), 1, item.position, config.max_line_bytes)
+        batch = decode_lines(span_lines(item, config.max_line_bytes), 1, item.position, config.max_line_bytes, record)
     elif isinstance(item, Block):
-        batch = decode_lines(item.lines(), item.first_line, item.position, config.max_line_bytes)
+        batch = decode_lines(item.lines(), item.first_line, item.position, config.max_line_bytes, record)
     else:
         batch = item
-    columns = batch.columns()
+    columns = record.columns(batch.records)
     batch.records = []
     df = pl.DataFrame(columns, schema={"uid": pl.String, "title": pl.String, "content": pl.String})
     step = config.batch_lines

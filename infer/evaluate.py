@@ -26,6 +26,7 @@ from shardtune.template import PromptTemplate
 
 from .config import EvalConfig
 from .generate import Answerer
+from .grounding import grounding, mean_grounding
 
 
 def token_f1(prediction: str, reference: str) -> float:
@@ -113,8 +114,12 @@ def _evaluate(base: str, tuned: str, data: Path, out: Path, config: EvalConfig, 
         results[role] = {"model": name, "perplexity": answer_perplexity(answerer, val, n_ppl, config.batch_size),
                          "rouge_l": float(np.mean(rouge)),
                          "token_f1": float(np.mean([token_f1(o["answer"], r) for o, r in zip(outs, references)])),
-                         "eos_rate": float(np.mean([o["stopped_at_eos"] for o in outs]))}
-    samples = [{"question": q, "reference": r, "base": b["answer"], "tuned": t["answer"]}
+                         "eos_rate": float(np.mean([o["stopped_at_eos"] for o in outs])),
+                         "grounding": mean_grounding(questions, [o["answer"] for o in outs])}
+    results["reference"] = {"grounding": mean_grounding(questions, references)}  # the ceiling
+    samples = [{"question": q, "reference": r, "base": b["answer"], "tuned": t["answer"],
+                "grounding": {"base": grounding(q, b["answer"]), "tuned": grounding(q, t["answer"]),
+                              "reference": grounding(q, r)}}
                for q, r, b, t in zip(questions, references, answers["base"], answers["tuned"])]
     report = {**results, "samples": samples, "config": config.to_dict(), "data": str(data),
               "perplexity_examples": n_ppl}
@@ -157,11 +162,13 @@ def plot_losses(run_dir: Path, png: Path) -> Path | None:
 
 
 def _headline_rows(results: dict) -> list[tuple[str, str, str]]:
-    b, t = results["base"], results["tuned"]
+    b, t, ceiling = results["base"], results["tuned"], results["reference"]["grounding"]
     return [("perplexity (answer tokens, lower is better)", f"{b['perplexity']:,.2f}", f"{t['perplexity']:,.2f}"),
             ("ROUGE-L F1", f"{b['rouge_l']:.3f}", f"{t['rouge_l']:.3f}"),
             ("token F1", f"{b['token_f1']:.3f}", f"{t['token_f1']:.3f}"),
-            ("answers ending with EOS", f"{b['eos_rate']:.0%}", f"{t['eos_rate']:.0%}")]
+            ("answers ending with EOS", f"{b['eos_rate']:.0%}", f"{t['eos_rate']:.0%}"),
+            (f"grounding: title words the answer repeats (the description: {ceiling:.0%})",
+             f"{b['grounding']:.0%}", f"{t['grounding']:.0%}")]
 
 
 def _print_headline(results: dict) -> None:
@@ -183,9 +190,12 @@ def _write_markdown(path: Path, report: dict, curve: Path | None) -> None:
     lines += [f"| {m} | {b} | {t} |" for m, b, t in _headline_rows(report)]
     if curve:
         lines += ["", f"![training and validation loss]({curve.name})"]
-    lines += ["", "## Answers side by side", "", "| question | reference description | base | tuned |",
-              "| --- | --- | --- | --- |"]
-    lines += [f"| {cell(s['question'])} | {cell(s['reference'])} | {cell(s['base'])} | {cell(s['tuned'])} |"
-              for s in report["samples"][:20]]
+    percent = lambda g: "" if g is None else f"{g:.0%}"  # noqa: E731
+    lines += ["", "## Answers side by side", "", "Grounding in brackets: the share of the title's content words "
+              "(colour, product type, material, brand, audience) each text repeats.", "",
+              "| question | reference description | base | tuned |", "| --- | --- | --- | --- |"]
+    lines += [f"| {cell(s['question'])} | ({percent(s['grounding']['reference'])}) {cell(s['reference'])} | "
+              f"({percent(s['grounding']['base'])}) {cell(s['base'])} | ({percent(s['grounding']['tuned'])}) "
+              f"{cell(s['tuned'])} |" for s in report["samples"][:20]]
     with atomic_open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")

@@ -245,3 +245,43 @@ def test_the_heavy_profile_is_heavy():
         assert non_ascii[0] < share(r"[^\x00-\x7f]") < non_ascii[1], profile
         assert tags[0] < share(r"<[a-z/][^>]*>") < tags[1], profile
         assert length[0] < sum(map(len, contents)) / len(contents) < length[1], profile
+
+
+def other_catalogue(n: int = 30) -> list[dict]:
+    """Records shaped like Amazon's newer metadata dumps or a shop's export: other names, nested, lists."""
+    return [{"parent_asin": 1000 + i, "product": {"name": f"Girls Hoodie Navy Blue {i}", "brand": "Kestrel"},
+             "details": {"description": ["A navy blue hoodie", f"for girls, model {i}."]}, "price": 9.5}
+            for i in range(n)]
+
+
+def test_other_catalogues_map_their_own_nested_keys(tmp_path):
+    items = other_catalogue() + [{"parent_asin": 7, "product": {"name": "No details here"}}]
+    src = write_lines(tmp_path / "meta.jsonl", items)
+    config = EtlConfig(id_field="parent_asin", title_field="product.name", content_field="details.description")
+    m = run_etl([src], tmp_path / "out", config)
+    assert rows(tmp_path / "out")[0] == {"uid": "1000", "title": "Girls Hoodie Navy Blue 0",
+                                         "content": "A navy blue hoodie for girls, model 0."}
+    assert m.records_kept == 30 and m.malformed_reasons == {"missing_field": 1}
+    assert (m.options["id_field"], m.options["title_field"], m.options["content_field"]) == \
+        ("parent_asin", "product.name", "details.description")  # recorded in the manifest
+
+
+def test_the_mapping_comes_from_flags_or_the_toml_table(tmp_path):
+    from shardtune.cli import main
+
+    src = write_lines(tmp_path / "meta.jsonl", other_catalogue())
+    cfg = tmp_path / "shardtune.toml"
+    cfg.write_text('[etl]\nid_field = "parent_asin"\ntitle_field = "product.name"\n')
+    assert main(["etl", str(src), "--out", str(tmp_path / "out"), "--config", str(cfg),
+                 "--content-field", "details.description"]) == 0
+    assert EtlManifest.read(tmp_path / "out").records_kept == 30
+
+
+def test_default_fields_missing_from_most_lines_is_an_error_naming_the_keys_found(tmp_path, capsys):
+    from shardtune.cli import main
+
+    src = write_lines(tmp_path / "meta.jsonl", other_catalogue())
+    assert main(["etl", str(src), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "parent_asin" in err[0] and "product.name" in err[0] and "--title-field" in err[0]
+    assert not (tmp_path / "out").exists()  # nothing was started

@@ -139,6 +139,32 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
     evals = MetricsLog(tmp_path / "demo" / "run").read("eval")
     assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 3
     assert (tmp_path / "demo" / "eval" / "report.md").exists() and set(result["timings"]) == {"etl", "tokenize", "train", "eval"}
+    assert "grounding" in result["report"]["tuned"]
     again = run_demo(tmp_path / "demo", None, DemoConfig(steps=2, samples=1))  # a second demo replaces the first
     assert [e["step"] for e in MetricsLog(tmp_path / "demo" / "run").read("eval")] == [0, 1, 2]
     assert len(again["report"]["samples"]) == 1
+
+
+def test_grounding_counts_the_title_words_an_answer_repeats():
+    from shardtune.infer.grounding import content_words, grounding, mean_grounding
+
+    title = "Girls Hoodie Navy Blue"
+    assert content_words(title) == {"girl", "hoodie", "navy", "blue"}  # lower-cased, plural "s" dropped
+    assert grounding(title, "This navy blue hoodie for girls is made of soft cotton.") == 1.0
+    assert grounding(title, "A gold costume cape for mens, great for school plays.") == 0.0
+    assert grounding(title, "A blue cape for girls.") == 0.5
+    assert grounding("Kestrel 10 Inch Cast Iron Skillet", "The Kestrel skillet is built from cast iron.") == 1.0
+    assert grounding("The Silent Harbor: A Mystery", "") == 0.0 and grounding("12 / 3 &", "anything") is None
+    assert mean_grounding([title, "12"], ["navy hoodie", "x"]) == 0.5  # a title without words is not counted
+
+
+def test_eval_reports_grounding_for_base_tuned_and_the_reference(run, tmp_path):
+    from shardtune.infer.evaluate import run_eval
+
+    report = run_eval("tiny", str(run / "run" / "final"), run / "tokens", tmp_path / "eval",
+                      EvalConfig(samples=4, eval_examples=32, max_new_tokens=16))
+    assert 0 <= report["base"]["grounding"] <= 1 and 0 <= report["tuned"]["grounding"] <= 1
+    assert report["reference"]["grounding"] > 0.5  # a description repeats most of its title
+    assert set(report["samples"][0]["grounding"]) == {"base", "tuned", "reference"}
+    markdown = (tmp_path / "eval" / "report.md").read_text()
+    assert "| grounding: title words the answer repeats (the description: " in markdown

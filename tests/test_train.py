@@ -412,3 +412,54 @@ def test_the_compiled_body_gives_the_eager_loss_and_gradients(tokens):
     assert compiled == pytest.approx(eager, rel=1e-4)
     for a, b in zip(compiled_grads, eager_grads):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+
+
+def tensorboard_scalars(run_dir, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars(tag)]
+
+
+@pytest.mark.slow
+def test_tensorboard_event_files_load_and_a_resume_logs_no_step_twice(tokens, tmp_path, monkeypatch):
+    pytest.importorskip("tensorboard", reason="the tensorboard package is not installed")
+    config = small(max_steps=8, save_steps=4, report_to="tensorboard")
+    run_train(tokens, tmp_path / "straight", config)
+    straight = tensorboard_scalars(tmp_path / "straight", "train/loss")
+    assert [step for step, _ in straight] == list(range(1, 9))
+    assert [step for step, _ in tensorboard_scalars(tmp_path / "straight", "eval/val_loss")] == [0, 8]
+    original = Trainer.train_step
+
+    def dies_after_step_6(self):
+        if self.state.step == 6:
+            raise KeyboardInterrupt  # steps 5 and 6 logged, then killed: the checkpoint is at 4
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "train_step", dies_after_step_6)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(tokens, tmp_path / "killed", config)
+    monkeypatch.setattr(Trainer, "train_step", original)
+    run_train(tokens, tmp_path / "killed", TrainConfig(**{**config.to_dict(), "resume": True}))
+    resumed = tensorboard_scalars(tmp_path / "killed", "train/loss")
+    assert [step for step, _ in resumed] == list(range(1, 9))  # 5 and 6 once, not twice
+    assert [v for _, v in resumed] == pytest.approx([v for _, v in straight], rel=1e-5)
+
+
+def test_tensorboard_missing_is_a_one_line_error(tokens, tmp_path, monkeypatch, capsys):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tensorboard(name, *args, **kwargs):
+        if name == "torch.utils.tensorboard":
+            raise ImportError("TensorBoard logging requires TensorBoard")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    args = ["train", str(tokens), "--out", str(tmp_path / "run"), "--model", "tiny", "--max-steps", "1",
+            "--report-to", "tensorboard"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "needs the tensorboard package" in err[-1] and "pip install 'shardtune[tensorboard]'" in err[-1]

@@ -48,6 +48,8 @@ class TrainConfig(Config):
                                 "logged, so up to --log-steps late: steps never wait to read the loss)", min=1,
                                 group=LOOP)
     resume: bool = option(False, "continue from the newest checkpoint in RUN_DIR", group=LOOP)
+    report_to: str = option("none", "also log to TensorBoard, under RUN_DIR/tensorboard (needs the tensorboard "
+                            "package)", choices=("none", "tensorboard"), group=LOOP)
 
     precision: str = option("auto", "auto: bf16 on Ampere and newer, fp16 with a scaler on older GPUs, fp32 on "
                             "the CPU", choices=("auto", "bf16", "fp16", "fp32"), group=SPEED)

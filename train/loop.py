@@ -115,9 +115,9 @@ class Trainer:
             if config.length_buckets else None
         gpu = self.device.type == "cuda"
         self.batch_rows, self.rows_multiple = (config.batch_size, 512) if gpu else (0, 1)
+        self.metrics = MetricsLog(run_dir)
         self._check_run_dir()
         try:
-            self.metrics = MetricsLog(run_dir)
 
             self.precision = choose_precision(self.device, config.precision)
             self.model = self._build_model()
@@ -138,12 +138,15 @@ class Trainer:
             self.state = TrainState(config=config.to_dict())
             if config.resume:
                 self._resume()
+            if config.report_to == "tensorboard" and self.is_rank0:
+                self.metrics.report_to_tensorboard(self.state.step + 1 if self.state.step else 0)
             self.counters = Counters(self.device, self.state.bad_steps)
             self.tokens = {"real": 0, "padded": 0}  # this process's, since it started
             self.lr = config.lr
             self._epoch_cache: tuple[int, list] | None = None  # used by the prefetch thread only
             self._prefetcher: Prefetcher | None = None
         except BaseException:
+            self.metrics.close()
             self._lock.close()  # a run that never started holds nothing
             raise
 
@@ -447,6 +450,7 @@ class Trainer:
     def close(self) -> None:
         if self._prefetcher is not None:
             self._prefetcher.close()
+        self.metrics.close()
         self._lock.close()
         if self.world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

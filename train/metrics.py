@@ -14,18 +14,46 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from shardtune.errors import UserError
 from shardtune.files import atomic_open
 
 FILE = "metrics.jsonl"
 
 
+TENSORBOARD = "tensorboard"  # RUN_DIR/tensorboard/: event files, with --report-to tensorboard
+SCALARS = {"train": ("loss", "lr", "tokens_per_s", "grad_norm", "padding", "peak_memory_mb"),
+           "eval": ("val_loss", "val_perplexity")}
+
+
 class MetricsLog:
     def __init__(self, run_dir: Path) -> None:
         self.path = run_dir / FILE
+        self._board = None
+
+    def report_to_tensorboard(self, first_step: int) -> None:
+        """Also write every entry as TensorBoard scalars under RUN_DIR/tensorboard. After a resume,
+        `first_step` is the first step to come: TensorBoard drops what an interrupted run logged
+        from there on (its purge_step), so no step shows twice."""
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise UserError("--report-to tensorboard needs the tensorboard package, which is not installed "
+                            "(pip install 'shardtune[tensorboard]'); or leave --report-to none") from None
+        self._board = SummaryWriter(str(self.path.parent / TENSORBOARD), purge_step=first_step or None)
 
     def append(self, entry: dict) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(entry) + "\n")
+        if self._board is not None:
+            for name in SCALARS.get(entry["type"], ()):
+                if name in entry:
+                    self._board.add_scalar(f"{entry['type']}/{name}", entry[name], entry["step"])
+            self._board.flush()
+
+    def close(self) -> None:
+        if self._board is not None:
+            self._board.close()
+            self._board = None
 
     def read(self, kind: str | None = None) -> list[dict]:
         """Every entry (of one `kind`, "train" or "eval"); a line torn by a kill is skipped."""
