@@ -30,7 +30,7 @@ def run(args, config) -> int:
     from shardtune.train.plan import TECHNIQUES, best, options
 
     cards = ("RTX 2060", "RTX 3060", "RTX 4070")
-    lines = [f"| model | card | technique | checkpointing | micro x accum | est. peak MB | "
+    lines = ["| model | card | technique | checkpointing | micro x accum | est. peak MB | "
              + " | ".join(f"{c} tokens/s" for c in cards) + " |", "|" + " --- |" * (6 + len(cards))]
     for model in [m.strip() for m in config.models.split(",") if m.strip()]:
         log(f"bench fits: {model} ...")

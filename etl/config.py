@@ -14,7 +14,8 @@ class EtlConfig(Config):
 
     min_content_chars: int = option(20, "drop records whose cleaned content is shorter (short_content)", min=0)
     shard_rows: int = option(100_000, "rows per Parquet shard", min=1)
-    batch_lines: int = option(40_000, "lines decoded and cleaned at a time (bounds memory)", min=1)
+    batch_lines: int = option(40_000, "lines decoded and cleaned at a time from a pipe or a compressed "
+                                "file (a plain file is cut by --batch-bytes alone)", min=1)
     batch_bytes: int = option(8 << 20, "input bytes decoded and cleaned at a time (bounds memory whatever the "
                               "line length)", min=1024)
     workers: int = option(0, "processes that decode and clean; 0 for one per CPU core (the output is the same "

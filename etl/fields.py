@@ -84,20 +84,27 @@ def schema(fields: Fields) -> Schema:
 SAMPLE_LINES = 200  # lines the field check reads
 
 
-def check_fields(path: Path, fields: Fields) -> None:
+def check_fields(path: Path, fields: Fields, max_line_bytes: int = 1 << 20) -> None:
     """Fail fast, naming the keys found, when most of a file's first JSON objects lack a mapped field
-    (most likely another catalogue's names). Reads only the first lines of a plain or gzip file."""
+    (most likely another catalogue's names). Reads only the first lines of a plain or gzip file, each
+    at most `max_line_bytes` (a longer one is not judged: the reader quarantines it)."""
     import gzip
-    import itertools
+    import zlib
 
+    if str(path) == "-" or not path.is_file():
+        return  # a pipe can be read once only: the reader's quarantine is the check there
+    lines = []
     try:
         with open(path, "rb") as raw:
             head = raw.read(2)
-        opener = gzip.open if head == b"\x1f\x8b" else open
-        with opener(path, "rb") as f:
-            lines = [line for line in itertools.islice(f, SAMPLE_LINES) if line.strip()]
-    except (OSError, EOFError):
-        return  # unreadable here: the reader says so, or quarantines it
+        with (gzip.open if head == b"\x1f\x8b" else open)(path, "rb") as f:
+            while len(lines) < SAMPLE_LINES and (line := f.readline(max_line_bytes + 1)):
+                if len(line) > max_line_bytes:
+                    break
+                if line.strip():
+                    lines.append(line)
+    except (OSError, EOFError, zlib.error):
+        pass  # a broken stream: the reader quarantines what it cannot read
     objects = []
     for line in lines:
         try:

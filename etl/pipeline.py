@@ -40,9 +40,14 @@ def run_etl(inputs: list[Path], out: Path, config: EtlConfig | None = None) -> E
     record = schema(config.fields())
     readers = [InputReader(p, config.batch_lines, config.max_line_bytes, config.batch_bytes, record)
                for p in inputs]  # fail fast on bad paths
-    check_output_dir(out, OWNED_FILES)
-    for reader in readers:
-        check_fields(reader.path, config.fields())
+    try:
+        check_output_dir(out, OWNED_FILES)
+        for reader in readers:
+            check_fields(reader.path, config.fields(), config.max_line_bytes)
+    except BaseException:
+        for reader in readers:
+            reader.close()
+        raise
     with locked(out, "etl"):
         return _run(readers, out, config)
 
@@ -91,8 +96,10 @@ def cleaned_batches(readers: list[InputReader], files: list[InputFile], config: 
             try:
                 for item in reader.batches():
                     job = (item, config)
+                    # a JSON array's batch comes decoded here, its records not picklable: cleaned here too
+                    remote = pool is not None and not isinstance(item, Batch)
                     in_flight.append((info, done_bytes, isinstance(item, Span),
-                                      pool.submit(decode_and_clean, *job) if pool else _Done(decode_and_clean(*job))))
+                                      pool.submit(decode_and_clean, *job) if remote else _Done(decode_and_clean(*job))))
                     while len(in_flight) > (workers if pool else 0):
                         yield _take(in_flight)
             finally:

@@ -183,7 +183,7 @@ class InputReader:
             return
         if array:
             yield from self._array_batches()
-        elif self.stream is self.raw and stat.S_ISREG(os.fstat(self.raw.fileno()).st_mode):
+        elif self.stream is self.raw and str(self.path) != "-" and stat.S_ISREG(os.fstat(self.raw.fileno()).st_mode):
             yield from self._spans()
         else:
             yield from self._blocks()
@@ -229,7 +229,8 @@ class InputReader:
                 yield Block.of(lines, number, self._consumed())
                 number += len(lines)
                 lines, size, chunk = [], 0, chunk[cut + 1:]
-        yield Block.of(lines, number, self.size)
+        if lines:
+            yield Block.of(lines, number, self.size)
 
     def _array_batches(self) -> Iterator[Batch]:
         batch, index = Batch(), 0

@@ -4,7 +4,7 @@ Layout of an ETL output folder:
 
     DIR/part-00000.parquet   uid, title, content (UTF-8 strings), zstd, `shard_rows` rows
     DIR/part-00001.parquet   ... the last shard holds the remainder
-    DIR/rejects.jsonl        {"file", "line", "reason", "raw"} per malformed line
+    DIR/rejects.jsonl        {"file", "line", "kind", "reason", "raw"} per malformed line
     DIR/dropped-00000.parquet  optional (--keep-dropped): filtered records and a `reason` column
     DIR/manifest.json        written last: its presence means the folder is complete
 

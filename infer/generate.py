@@ -49,6 +49,9 @@ class Answerer:
         prompt, _ = self.template.split(question)
         ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         room = self.context - max_new_tokens
+        if room < 16:
+            raise UserError(f"--max-new-tokens {max_new_tokens} leaves no room for the question in the model's "
+                            f"context of {self.context:,} tokens; use at most {max(1, self.context - 64):,}")
         if len(ids) > room:
             # keep the template around the title whole and cut the title from the left
             encode = lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731

@@ -14,7 +14,7 @@ import os
 import sys
 
 from . import __version__
-from .errors import UserError
+from .errors import UserError, first_line
 
 COMMANDS = ("synth", "etl", "tokenize", "train", "plan", "generate", "eval", "demo", "convert", "bench")
 
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # a bug: one line still, the traceback on request
         if os.environ.get("SHARDTUNE_DEBUG"):
             raise
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        first = first_line(e)
         return fail(f"unexpected {type(e).__name__}: {first[:300]} (SHARDTUNE_DEBUG=1 shows the traceback; "
                     "please report it)", 1)
 

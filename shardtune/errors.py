@@ -8,3 +8,9 @@ class UserError(Exception):
     """
 
     exit_code = 2
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (libraries raise pages), or its type if it has none."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -154,9 +154,8 @@ LOCK = ".shardtune.lock"
 def locked(folder: Path, command: str) -> Iterator[None]:
     """Hold an exclusive lock on an output folder while a command writes it, so that two runs can
     never write one folder at once. The lock is the operating system's (flock): it goes with the
-    process, however it ends. The file names who holds it."""
+    process, however it ends (flock on POSIX, msvcrt's byte lock on Windows). The file names who holds it."""
     import datetime
-    import fcntl
     import socket
 
     if folder.exists() and not folder.is_dir():
@@ -167,8 +166,8 @@ def locked(folder: Path, command: str) -> Iterator[None]:
     except OSError as e:
         raise UserError(f"cannot write to {folder}: {e.strerror or e}") from None
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        _lock(handle)
+    except (BlockingIOError, PermissionError):  # held: BlockingIOError on POSIX, PermissionError from msvcrt
         handle.seek(0)
         holder = handle.read().strip() or "another process"
         handle.close()
@@ -182,8 +181,21 @@ def locked(folder: Path, command: str) -> Iterator[None]:
         yield
     finally:
         handle.truncate(0)  # no holder any more
-        fcntl.flock(handle, fcntl.LOCK_UN)
+        _lock(handle, unlock=True)
         handle.close()
+
+
+def _lock(handle, unlock: bool = False) -> None:
+    """Take (without waiting) or give back the operating system's lock on an open file."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: lock the first byte
+        import msvcrt
+
+        handle.seek(0)
+        msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK if unlock else msvcrt.LK_NBLCK, 1)
+        return
+    fcntl.flock(handle, fcntl.LOCK_UN if unlock else fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 def file_crc32(path: Path) -> int:

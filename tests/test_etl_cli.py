@@ -11,7 +11,7 @@ import pytest
 
 from conftest import rec, write_lines
 from shardtune.cli import main
-from shardtune.data.synth import synth_lines, write_synth
+from shardtune.data.synth import synth_lines
 
 
 def shardtune(*args, **kw):

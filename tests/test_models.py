@@ -8,7 +8,6 @@ import torch
 
 from conftest import synth_tokens
 from shardtune.cli import main
-from shardtune.errors import UserError
 from shardtune.models import load_model
 from shardtune.train.config import TrainConfig
 from shardtune.train.loop import Trainer, run_train

@@ -119,10 +119,6 @@ class TokenShards:
         off = self._offsets[b]
         return self._values[b][off[j]:off[j + 1]], int(self._prompt[b][j])
 
-    @property
-    def num_tokens(self) -> int:
-        return int(self.lengths.sum())
-
     def max_id(self) -> int:
         """The largest token id in the shards (-1 when empty): a scan of the mapped ids, no copy."""
         return max((int(v.max()) for v in self._values if len(v)), default=-1)

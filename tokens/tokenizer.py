@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from shardtune.console import log
-from shardtune.errors import UserError
+from shardtune.errors import UserError, first_line
 from shardtune.hub import gpt2_bpe_files, hub_reachable, is_gpt2_family, is_local, quiet_transformers
 
 
@@ -26,13 +26,13 @@ def load_tokenizer(name: str):
         try:
             return AutoTokenizer.from_pretrained(Path(name).expanduser())
         except Exception as e:  # a damaged or foreign folder can make the loader raise almost anything
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = first_line(e)
             raise UserError(f"{name} holds no tokenizer that transformers can load: {first}") from None
     if hub_reachable():
         try:
             return AutoTokenizer.from_pretrained(name)
         except (OSError, ValueError) as e:
-            raise UserError(f"cannot load tokenizer {name!r} from the hub: {str(e).splitlines()[0]}") from None
+            raise UserError(f"cannot load tokenizer {name!r} from the hub: {first_line(e)}") from None
     try:  # offline, but it may be in the local Hugging Face cache
         return AutoTokenizer.from_pretrained(name, local_files_only=True)
     except (OSError, ValueError):
@@ -67,7 +67,7 @@ def eos_id(tokenizer) -> int:
 
 class Encoder:
     """Batch encoding without special tokens: tiktoken when proven identical, else Hugging Face.
-    (Parallelism is train/encode.py's job: tiktoken 0.14 holds the GIL, so it uses processes.)"""
+    (Parallelism is tokens/encode.py's job: tiktoken 0.14 holds the GIL, so it uses processes.)"""
 
     def __init__(self, tokenizer, fast: bool = True) -> None:
         self.tokenizer = tokenizer

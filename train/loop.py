@@ -116,8 +116,8 @@ class Trainer:
         gpu = self.device.type == "cuda"
         self.batch_rows, self.rows_multiple = (config.batch_size, 512) if gpu else (0, 1)
         self.metrics = MetricsLog(run_dir)
-        self._check_run_dir()
         try:
+            self._check_run_dir()
 
             self.precision = choose_precision(self.device, config.precision)
             self.model = self._build_model()
@@ -203,16 +203,16 @@ class Trainer:
         entries = {p.name for p in run.iterdir()} - {LOCK} if run.exists() else set()
         if not self.config.resume and entries:
             raise UserError(f"run folder {run} is not empty; use --resume to continue that run, or choose another --out")
+        if self.config.resume and entries:
+            self._check_same_run(entries)  # before the lock: a folder that is not a run is not touched
         if self.is_rank0:
             self._lock.enter_context(locked(run, "train"))
-        if self.config.resume and entries:
-            self._check_same_run(entries)
 
     def _check_same_run(self, entries: set[str]) -> None:
         """--resume continues only a shardtune run (its files alone, nothing is deleted otherwise)
         whose data position means the same: same token folder, batch, seed and model."""
         run = self.run_dir
-        foreign = sorted(entries - RUN_FILES)
+        foreign = sorted(e for e in entries if e.removesuffix(".tmp") not in RUN_FILES)  # .tmp: a kill mid-write
         saved = read_json(run / "config.json", "run config") if (run / "config.json").exists() else None
         if foreign or not isinstance(saved, dict) or not isinstance(saved.get("train"), dict):
             what = f"it holds {', '.join(foreign[:3])}" if foreign else "it has no shardtune config.json"
@@ -230,6 +230,10 @@ class Trainer:
                 raise UserError(f"{run / final} holds files shardtune did not write; move them before resuming")
 
     def _check_vocab(self, model) -> None:
+        positions = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+        if positions and self.config.max_length > positions:
+            raise UserError(f"--max-length {self.config.max_length:,} is longer than model {self.config.model!r} can "
+                            f"read ({positions:,} positions); use at most {positions:,}")
         model_vocab = model.get_input_embeddings().num_embeddings
         if model_vocab < self.manifest.vocab_size:
             raise UserError(f"the token shards come from {self.manifest.tokenizer!r} ({self.manifest.vocab_size:,} "
@@ -462,6 +466,7 @@ def run_train(tokens_dir: Path, run_dir: Path, config: TrainConfig | None = None
     trainer = None
     try:
         trainer = Trainer(tokens_dir, run_dir, config)
+        config = trainer.config  # as planned, with --vram
         if trainer.is_rank0:
             log(f"train: {trainer.total_steps:,} steps of {config.batch_size} x {config.grad_accum} examples on "
                 f"{trainer.device} ({trainer.precision.name}), {len(trainer.train_data):,} train / "

@@ -61,7 +61,7 @@ def model_config(model_name: str):
 
     from transformers import AutoConfig
 
-    from shardtune.errors import UserError
+    from shardtune.errors import UserError, first_line
     from shardtune.hub import model_key
     from shardtune.models import preset_family
 
@@ -72,18 +72,7 @@ def model_config(model_name: str):
         return AutoConfig.from_pretrained(model_name)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot read the config of {model_name!r} (a preset, or a folder with config.json): "
-                        f"{str(e).splitlines()[0]}") from None
-
-
-def build_fake(model_name: str, dtype: torch.dtype = torch.float32):
-    """The model's architecture, its weights in `dtype` (built so: fake tensors cannot be cast)."""
-    from transformers import AutoModelForCausalLM
-
-    from shardtune.models import family_of
-
-    model = AutoModelForCausalLM.from_config(model_config(model_name), dtype=dtype)
-    family = family_of(model)
-    return family.prepare(model) if family else model
+                        f"{first_line(e)}") from None
 
 
 class FakeAdamW8bit:

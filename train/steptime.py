@@ -20,7 +20,6 @@ public figures (docs: the GPU reference notes) or common rules of thumb.
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch

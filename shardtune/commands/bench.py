@@ -1,7 +1,7 @@
 """`shardtune bench STAGE`: each stage measured side by side with the seed's way.
 
 The stages are the modules named in shardtune.benchmarks.BENCHES; each has its own
-`add_parser(sub)` and `run(args)`, so a new benchmark is one file plus one name there.
+`add_parser(sub)` and `run(args, config)`, so a new benchmark is one file plus one name there.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shardtune.errors import UserError
+from shardtune.errors import UserError, first_line
 from shardtune.hub import hub_reachable, is_local, model_key, quiet_transformers
 
 from .adapters import ADAPTER_CONFIG, merge_adapter
@@ -56,18 +56,18 @@ def load_model(name: str, *, from_scratch: bool = False, vocab_size: int | None 
                prepare: bool = True) -> Any:
     """A causal LM from a preset, a folder or the hub; user mistakes become one-line UserErrors.
     `prepare=False` keeps stock modules (the seed's baseline)."""
-    model = _load(name, from_scratch, vocab_size, eos_id, prepare)
-    family = family_of(model)
+    model = _load(name, from_scratch, vocab_size, eos_id)
+    family = family_of(model)  # prepared here, once, however the model was loaded
     return family.prepare(model) if prepare and family is not None else model
 
 
-def _load(name: str, from_scratch: bool, vocab_size: int | None, eos_id: int | None, prepare: bool) -> Any:
+def _load(name: str, from_scratch: bool, vocab_size: int | None, eos_id: int | None) -> Any:
     from transformers import AutoModelForCausalLM
 
     quiet_transformers()
     family = preset_family(name)
     if is_fresh_only(name) or (from_scratch and family is not None and not is_local(name)):
-        return family.build(model_key(name), vocab_size, eos_id, prepare=prepare)
+        return family.build(model_key(name), vocab_size, eos_id, prepare=False)
     if is_local(name):
         if not (Path(name).expanduser() / "config.json").exists() and \
                 not (Path(name).expanduser() / ADAPTER_CONFIG).exists():
@@ -76,7 +76,7 @@ def _load(name: str, from_scratch: bool, vocab_size: int | None, eos_id: int | N
         try:
             return AutoModelForCausalLM.from_pretrained(Path(name).expanduser())
         except Exception as e:  # a damaged or foreign folder can make the loader raise almost anything
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = first_line(e)
             raise UserError(f"{name} is not a causal language model folder transformers can load: {first}") from None
     if from_scratch:
         known = ", ".join(p for f in FAMILIES for p in f.presets)
@@ -93,7 +93,7 @@ def _load(name: str, from_scratch: bool, vocab_size: int | None, eos_id: int | N
     try:
         return AutoModelForCausalLM.from_pretrained(name)
     except (OSError, ValueError) as e:
-        raise UserError(f"cannot load model {name!r}: {str(e).splitlines()[0]}") from None
+        raise UserError(f"cannot load model {name!r}: {first_line(e)}") from None
 
 
 @dataclass
@@ -142,7 +142,7 @@ def _load_adapter(folder: Path, info: Any) -> Any:
         return merge_adapter(base, folder)
     except (RuntimeError, ValueError, KeyError, OSError) as e:
         raise UserError(f"the adapter in {folder} does not fit its base {config['model']!r}: "
-                        f"{str(e).strip().splitlines()[0]}") from None
+                        f"{first_line(e)}") from None
 
 
 def enable_activation_checkpointing(model: Any) -> None:

