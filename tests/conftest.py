@@ -63,3 +63,25 @@ def synth_tokens(folder: Path, lines: int, seed: int, template: str | None = Non
     options = {"template": template} if template else {}
     run_tokenize(folder / "clean", folder / "tokens", TokenizeConfig(max_length=64, val_fraction=0.1, **options))
     return folder / "tokens"
+
+
+def kill_then_resume(monkeypatch, tokens: Path, run: Path, config, at_step: int, between=None) -> None:
+    """Train into `run` until a KeyboardInterrupt at step `at_step` (a kill between checkpoints),
+    call `between()` to look at what the kill left, then resume the same run to its end."""
+    from shardtune.train.config import TrainConfig
+    from shardtune.train.loop import Trainer, run_train
+
+    original = Trainer.train_step
+
+    def dies(self):
+        if self.state.step == at_step:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "train_step", dies)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(tokens, run, config)
+    monkeypatch.setattr(Trainer, "train_step", original)
+    if between is not None:
+        between()
+    run_train(tokens, run, TrainConfig(**{**config.to_dict(), "resume": True}))

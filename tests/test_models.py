@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import synth_tokens
+from conftest import kill_then_resume, synth_tokens
 from shardtune.cli import main
 from shardtune.models import load_model
 from shardtune.train.config import TrainConfig
@@ -83,18 +83,7 @@ def test_lora_trains_only_adapters_and_exports_a_merged_model_and_the_adapter(to
 def test_a_killed_lora_run_resumes_onto_the_same_loss_curve(tokens, tmp_path, monkeypatch):
     config = lora(max_steps=8, save_steps=4, log_steps=1)
     run_train(tokens, tmp_path / "straight", config)
-    original = Trainer.train_step
-
-    def dies_after_step_5(self):
-        if self.state.step == 5:
-            raise KeyboardInterrupt
-        return original(self)
-
-    monkeypatch.setattr(Trainer, "train_step", dies_after_step_5)
-    with pytest.raises(KeyboardInterrupt):
-        run_train(tokens, tmp_path / "killed", config)
-    monkeypatch.setattr(Trainer, "train_step", original)
-    run_train(tokens, tmp_path / "killed", TrainConfig(**{**config.to_dict(), "resume": True}))
+    kill_then_resume(monkeypatch, tokens, tmp_path / "killed", config, at_step=5)
     straight, resumed = MetricsLog(tmp_path / "straight").read("train"), MetricsLog(tmp_path / "killed").read("train")
     assert [e["step"] for e in resumed] == list(range(1, 9))
     assert [e["loss"] for e in resumed] == pytest.approx([e["loss"] for e in straight], rel=1e-6)

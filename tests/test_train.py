@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import synth_tokens
+from conftest import kill_then_resume, synth_tokens
 from shardtune.cli import main
 from shardtune.errors import UserError
 from shardtune.models import load_model
@@ -134,19 +134,11 @@ def test_a_killed_run_resumes_onto_the_same_loss_curve(tokens, tmp_path, monkeyp
     config = small(max_steps=8, save_steps=4)
     run_train(tokens, tmp_path / "straight", config)
 
-    original = Trainer.train_step
+    def only_the_step_4_checkpoint_is_left():
+        assert [p.name for p in (tmp_path / "killed" / "checkpoints").iterdir()] == ["step-00000004"]
 
-    def dies_after_step_5(self):
-        if self.state.step == 5:
-            raise KeyboardInterrupt  # killed between checkpoints
-        return original(self)
-
-    monkeypatch.setattr(Trainer, "train_step", dies_after_step_5)
-    with pytest.raises(KeyboardInterrupt):
-        run_train(tokens, tmp_path / "killed", config)
-    monkeypatch.setattr(Trainer, "train_step", original)
-    assert [p.name for p in (tmp_path / "killed" / "checkpoints").iterdir()] == ["step-00000004"]
-    run_train(tokens, tmp_path / "killed", TrainConfig(**{**config.to_dict(), "resume": True}))
+    kill_then_resume(monkeypatch, tokens, tmp_path / "killed", config, at_step=5,  # killed between checkpoints
+                     between=only_the_step_4_checkpoint_is_left)
     straight, resumed = metrics(tmp_path / "straight", "train"), metrics(tmp_path / "killed", "train")
     assert [e["step"] for e in resumed] == list(range(1, 9))
     assert [e["loss"] for e in resumed] == pytest.approx([e["loss"] for e in straight], rel=1e-6)
@@ -430,18 +422,8 @@ def test_tensorboard_event_files_load_and_a_resume_logs_no_step_twice(tokens, tm
     straight = tensorboard_scalars(tmp_path / "straight", "train/loss")
     assert [step for step, _ in straight] == list(range(1, 9))
     assert [step for step, _ in tensorboard_scalars(tmp_path / "straight", "eval/val_loss")] == [0, 8]
-    original = Trainer.train_step
-
-    def dies_after_step_6(self):
-        if self.state.step == 6:
-            raise KeyboardInterrupt  # steps 5 and 6 logged, then killed: the checkpoint is at 4
-        return original(self)
-
-    monkeypatch.setattr(Trainer, "train_step", dies_after_step_6)
-    with pytest.raises(KeyboardInterrupt):
-        run_train(tokens, tmp_path / "killed", config)
-    monkeypatch.setattr(Trainer, "train_step", original)
-    run_train(tokens, tmp_path / "killed", TrainConfig(**{**config.to_dict(), "resume": True}))
+    # steps 5 and 6 logged, then killed: the checkpoint is at 4
+    kill_then_resume(monkeypatch, tokens, tmp_path / "killed", config, at_step=6)
     resumed = tensorboard_scalars(tmp_path / "killed", "train/loss")
     assert [step for step, _ in resumed] == list(range(1, 9))  # 5 and 6 once, not twice
     assert [v for _, v in resumed] == pytest.approx([v for _, v in straight], rel=1e-5)
