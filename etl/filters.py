@@ -6,8 +6,10 @@ the rows that passed every filter.
 Filters run in order and a row is charged to the first filter that drops it, so
 the counts add up: kept + sum(dropped) == records parsed. A filter that needs no
 memory of other batches (`stateful = False`) runs in the worker processes beside
-the cleaning; the stateful ones (duplicates) run in input order in the main process.
-The decisions travel as a `reason` column, null while a row is kept.
+the cleaning; the stateful ones (duplicates) run in input order in the main process,
+where they see no text: only the `reason` column and the columns their `annotate()`
+computed in the workers (a hash of the text, say). The decisions travel as that
+`reason` column, null while a row is kept.
 """
 
 from __future__ import annotations
@@ -98,8 +100,13 @@ class ExactDuplicate(Filter):
         hashes = self._hashes(df)
         repeat_in_batch = hashes.is_duplicated() & ~hashes.is_first_distinct()
         values = hashes.to_numpy()
-        pos = np.minimum(np.searchsorted(self.seen, values), max(len(self.seen) - 1, 0))
-        seen_before = (self.seen[pos] == values) if len(self.seen) else np.zeros(len(values), bool)
+        seen_before = np.zeros(len(values), bool)
+        if len(self.seen):
+            # Sorted keys search faster (NumPy starts each search where the last one ended).
+            order = np.argsort(values)
+            keys = values[order]
+            pos = np.minimum(np.searchsorted(self.seen, keys), len(self.seen) - 1)
+            seen_before[order] = self.seen[pos] == keys
         return pl.Series(self.reason, repeat_in_batch.to_numpy() | seen_before)
 
     def kept(self, df: pl.DataFrame) -> None:
@@ -125,15 +132,14 @@ def apply_filters(df: pl.DataFrame, filters: list[Filter]) -> pl.DataFrame:
     return df.with_columns(reason)
 
 
-def settle(df: pl.DataFrame, filters: list[Filter]) -> tuple[pl.DataFrame, dict[str, int], pl.DataFrame]:
-    """(kept rows, count per reason, dropped rows with their reason) of a decided batch; every
-    filter is told what was kept."""
-    keep = df["reason"].is_null()
-    kept = df.filter(keep)
+def settle(judged: pl.DataFrame, filters: list[Filter]) -> tuple[pl.Series, dict[str, int], pl.Series]:
+    """(which rows are kept, count per reason, the reasons of the dropped rows in order) of a
+    decided batch; every filter is told what was kept."""
+    keep = judged["reason"].is_null()
+    kept = judged.filter(keep)
     for f in filters:
         f.kept(kept)
-    kept = kept.select("uid", "title", "content")
-    dropped = df.filter(~keep).select("uid", "title", "content", "reason")
+    reasons = judged["reason"].filter(~keep)
     counts = dict.fromkeys((f.reason for f in filters), 0)
-    counts.update(dropped["reason"].value_counts().iter_rows())
-    return kept, counts, dropped
+    counts.update(reasons.value_counts().iter_rows())
+    return keep, counts, reasons

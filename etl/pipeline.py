@@ -17,8 +17,6 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import IO, Iterator
 
-import polars as pl
-
 from shardtune.console import log, meter
 from shardtune.errors import UserError
 from shardtune.files import InBackground, atomic_open, check_output_dir, locked, prepare_output_dir
@@ -28,7 +26,7 @@ from .config import EtlConfig
 from .fields import check_fields, schema
 from .filters import apply_filters, default_filters, settle
 from .read import Batch, InputReader, Span
-from .workers import decode_and_clean, start
+from .workers import Cleaned, decode_and_clean, keep_freed_memory, start
 from .shards import DROPPED_SCHEMA, OWNED_FILES, ShardWriter
 
 
@@ -49,7 +47,11 @@ def run_etl(inputs: list[Path], out: Path, config: EtlConfig | None = None) -> E
             reader.close()
         raise
     with locked(out, "etl"):
-        return _run(readers, out, config)
+        keep_freed_memory(True)
+        try:
+            return _run(readers, out, config)
+        finally:
+            keep_freed_memory(False)
 
 
 def _run(readers: list[InputReader], out: Path, config: EtlConfig) -> EtlManifest:
@@ -78,8 +80,8 @@ def _run(readers: list[InputReader], out: Path, config: EtlConfig) -> EtlManifes
 
 
 def cleaned_batches(readers: list[InputReader], files: list[InputFile], config: EtlConfig
-                    ) -> Iterator[tuple[InputFile, Batch, pl.DataFrame, int]]:
-    """(input, its decoded batch without records, the cleaned records, input bytes consumed) for
+                    ) -> Iterator[tuple[InputFile, Batch, Cleaned, int]]:
+    """(input, its decoded batch without records, its cleaned records, input bytes consumed) for
     every block of every input, in input order.
 
     Decoding a line is Python and holds the GIL, so blocks are decoded and cleaned in worker
@@ -122,7 +124,7 @@ class _Done:
         return self.value
 
 
-def _take(in_flight: deque) -> tuple[InputFile, Batch, pl.DataFrame, int]:
+def _take(in_flight: deque) -> tuple[InputFile, Batch, Cleaned, int]:
     info, done_bytes, numbered_from_1, future = in_flight.popleft()
     batch, cleaned = future.result()
     if numbered_from_1:  # a span's lines count from its start: add the lines of the file before it
@@ -155,15 +157,19 @@ class EtlRun:
         self.lines += batch.lines
         self.malformed += len(batch.malformed)
 
-    def keep(self, info: InputFile, cleaned: pl.DataFrame) -> None:
+    def keep(self, info: InputFile, cleaned: Cleaned) -> None:
         """Finish judging one cleaned batch (the stateful filters, in input order), write what is
-        kept and count the rest."""
-        if cleaned.height == 0:
+        kept and count the rest, the rows the worker dropped already included."""
+        for reason, n in cleaned.dropped.items():
+            self.dropped[reason] += n
+        if cleaned.rows.height == 0:
             return
-        kept, counts, dropped = settle(apply_filters(cleaned, [f for f in self.filters if f.stateful]), self.filters)
+        judged = apply_filters(cleaned.judged, [f for f in self.filters if f.stateful])
+        keep, counts, reasons = settle(judged, self.filters)
+        kept = cleaned.rows.filter(keep)
         self.writer.write(kept.to_arrow())
-        if self.dropped_writer and dropped.height:
-            self.dropped_writer.write(dropped.to_arrow())
+        if self.dropped_writer and len(reasons):
+            self.dropped_writer.write(cleaned.rows.filter(~keep).with_columns(reasons).to_arrow())
         info.records_kept += kept.height
         self.kept += kept.height
         for reason, n in counts.items():

@@ -232,6 +232,30 @@ def test_blocks_and_spans_depend_on_the_input_alone_not_on_how_it_was_read(tmp_p
             assert spans == list(read.InputReader(path, batch_lines, 1 << 20, batch_bytes)._spans())
 
 
+def test_a_span_read_whole_gives_what_streaming_it_gives(tmp_path, monkeypatch):
+    import shardtune.etl.read as read
+    from shardtune.etl.fields import Fields, schema
+
+    path = tmp_path / "x.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(rec(uid="a")).encode() + b"\r\n\n" + b'{"uid": "' + b"y" * 5000
+                     + b'"}\n' + b"{broken\n" + json.dumps(rec(uid="b")).encode())  # no newline at the end
+
+    def judged(whole_span_bytes):
+        monkeypatch.setattr(read, "WHOLE_SPAN_BYTES", whole_span_bytes)
+        reader = read.InputReader(path, 10**9, 1000, 1024)
+        out = []
+        for span in reader._spans():
+            batch = read.decode_lines(read.span_lines(span, 1000), 1, 0, 1000, schema(Fields()))
+            out.append(([r.f0 for r in batch.records], [(m.line, m.kind, m.raw) for m in batch.malformed]))
+        reader.close()
+        return out
+
+    whole = judged(1 << 30)
+    assert whole == judged(0)  # 0: every span streams
+    assert [kind for _, bad in whole for _, kind, _ in bad] == ["blank_line", "line_too_long", "invalid_json"]
+    assert [uid for uids, _ in whole for uid in uids] == ["a", "b"]
+
+
 def test_the_heavy_profile_is_heavy():
     import re
 
