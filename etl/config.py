@@ -20,8 +20,8 @@ class EtlConfig(Config):
                               "line length)", min=1024)
     workers: int = option(0, "processes that decode and clean; 0 for one per CPU core (the output is the same "
                           "for any number)", min=0, max=256)
-    max_line_bytes: int = option(1 << 20, "quarantine longer lines (line_too_long) without reading them into "
-                                 "memory", min=1)
+    max_line_bytes: int = option(1 << 20, "quarantine longer lines (line_too_long); memory holds at most one "
+                                 "read span (32 MB) or this much of such a line", min=1)
     keep_dropped: bool = option(False, "also write dropped-*.parquet: every filtered record with its reason")
     id_field: str = option("uid", "key of a record's id; dotted for a nested key (product.asin)", metavar="KEY",
                            group="field mapping")

@@ -26,7 +26,7 @@ from .config import EtlConfig
 from .fields import check_fields, schema
 from .filters import apply_filters, default_filters, settle
 from .read import Batch, InputReader, Span
-from .workers import Cleaned, decode_and_clean, keep_freed_memory, start
+from .workers import Cleaned, decode_and_clean, start
 from .shards import DROPPED_SCHEMA, OWNED_FILES, ShardWriter
 
 
@@ -47,11 +47,7 @@ def run_etl(inputs: list[Path], out: Path, config: EtlConfig | None = None) -> E
             reader.close()
         raise
     with locked(out, "etl"):
-        keep_freed_memory(True)
-        try:
-            return _run(readers, out, config)
-        finally:
-            keep_freed_memory(False)
+        return _run(readers, out, config)
 
 
 def _run(readers: list[InputReader], out: Path, config: EtlConfig) -> EtlManifest:

@@ -4,7 +4,9 @@ Polars, pandas and ijson all abort a whole file at its first bad line. Here each
 line is decoded on its own (msgspec, against the record schema), so a bad line
 costs only itself: it comes back as a `Malformed` with its line number and raw
 bytes, and reading goes on. Memory is bounded by the block, the read chunk and
-`max_line_bytes`: a longer line is skipped while streaming, never held whole.
+`max_line_bytes`: a longer line is quarantined, and held whole only inside a span of a
+plain file that is read in one call (WHOLE_SPAN_BYTES at most); anywhere else it is
+skipped while streaming.
 
 NDJSON is read as Blocks of raw lines, cut by line count and by bytes, which
 `decode_lines` turns into records in a worker process: reading and splitting
@@ -336,7 +338,11 @@ def span_lines(span: Span, max_line_bytes: int) -> list[bytes]:
     line far over max_line_bytes makes it long: then it streams, holding no more than that limit."""
     if span.end - span.start <= WHOLE_SPAN_BYTES:
         with open(span.path, "rb", buffering=0) as f:
-            data = os.pread(f.fileno(), span.end - span.start, span.start)
+            pieces, at = [], span.start
+            while at < span.end and (piece := os.pread(f.fileno(), span.end - at, at)):
+                pieces.append(piece)  # one piece, unless the file system reads short (NFS, FUSE)
+                at += len(piece)
+        data = b"".join(pieces)  # one piece comes back as it is, uncopied
         if span.start == 0 and data.startswith(b"\xef\xbb\xbf"):
             data = data[3:]
         lines = data.split(b"\n")

@@ -21,12 +21,13 @@ def start() -> None:
     """Initializer of each worker process."""
     os.environ["POLARS_MAX_THREADS"] = "1"
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    keep_freed_memory(True)
+    keep_freed_memory()
 
 
-def keep_freed_memory(keep: bool) -> None:
-    """Let glibc keep the memory of a finished block for the next one (False: back to glibc's
-    initial thresholds, for whatever the process does after the ETL).
+def keep_freed_memory() -> None:
+    """Let glibc keep the memory of a finished block for the next one, in this process for good
+    (so only in the worker processes, which end with the run), unless the user set glibc's
+    thresholds in the environment.
 
     Every block allocates megabytes (its raw bytes, its lines, its columns, its result on the
     pipe) and frees them. By default glibc hands such sizes straight back to the kernel
@@ -35,15 +36,16 @@ def keep_freed_memory(keep: bool) -> None:
     system time from 1.0-1.25 to 0.8 s per million lines and wall time by 7-10%; at other times
     the kernel's faults were cheaper and the gain within the noise. Memory stays bounded: what
     is kept is about what one block used."""
-    if not sys.platform.startswith("linux"):
+    if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ \
+            or "MALLOC_TRIM_THRESHOLD_" in os.environ:
         return
     try:
         mallopt = ctypes.CDLL(None).mallopt  # the C library this interpreter runs on
-    except (OSError, AttributeError):  # pragma: no cover - a libc without mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
         return
     # Setting a threshold turns glibc's own adjusting off; 32 MB is the most it accepts.
-    mallopt(M_MMAP_THRESHOLD, 32 << 20 if keep else 128 << 10)
-    mallopt(M_TRIM_THRESHOLD, 64 << 20 if keep else 128 << 10)
+    mallopt(M_MMAP_THRESHOLD, 32 << 20)
+    mallopt(M_TRIM_THRESHOLD, 64 << 20)
 
 
 @dataclass

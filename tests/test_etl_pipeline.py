@@ -252,6 +252,9 @@ def test_a_span_read_whole_gives_what_streaming_it_gives(tmp_path, monkeypatch):
 
     whole = judged(1 << 30)
     assert whole == judged(0)  # 0: every span streams
+    real_pread = read.os.pread
+    monkeypatch.setattr(read.os, "pread", lambda fd, n, at: real_pread(fd, min(n, 100), at))  # a file system reading short
+    assert judged(1 << 30) == whole
     assert [kind for _, bad in whole for _, kind, _ in bad] == ["blank_line", "line_too_long", "invalid_json"]
     assert [uid for uids, _ in whole for uid in uids] == ["a", "b"]
 
