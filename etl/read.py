@@ -65,7 +65,6 @@ class Batch:
     position: int = 0  # bytes of the (compressed) input file consumed so far
 
 
-
 @dataclass
 class Span:
     """Lines [start, end) of a plain NDJSON file, by byte offsets: a worker reads them itself.
@@ -210,15 +209,12 @@ class InputReader:
             at += len(piece)
         return self.size
 
-    def _line_lists(self) -> Iterator[list[bytes]]:
-        return line_lists(self.stream, self.max_line_bytes)
-
     def _blocks(self) -> Iterator[Block]:
         """Consecutive lines, closed by the line that makes batch_lines of them or batch_bytes (newlines
         counted), so a block's bounds depend on the input alone, never on how it was read."""
         lines: list[bytes] = []
         size, number = 0, 1
-        for chunk in self._line_lists():
+        for chunk in line_lists(self.stream, self.max_line_bytes):
             while chunk:
                 ends = list(accumulate(map(len, chunk)))  # bytes to the end of each line, newlines aside
                 by_bytes = bisect_left(range(len(chunk)), self.batch_bytes - size, key=lambda k: ends[k] + k + 1)

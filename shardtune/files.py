@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -37,6 +38,15 @@ def commit(tmp: Path, final: Path) -> None:
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, final)
+    fsync_dir(final.parent)
+
+
+def commit_folder(tmp: Path, final: Path) -> None:
+    """Put a finished temporary folder in the place of `final` (the old one removed), durably. A
+    kill between the two steps leaves the new folder whole under its temporary name."""
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
     fsync_dir(final.parent)
 
 

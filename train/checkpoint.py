@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from shardtune.errors import UserError
-from shardtune.files import fsync_dir
+from shardtune.files import commit_folder, tmp_path
 from shardtune.models.adapters import load_weights, save_weights
 
 PREFIX = "step-"
@@ -49,7 +49,7 @@ def checkpoint_dirs(run_dir: Path) -> list[Path]:
 
 def save_checkpoint(run_dir: Path, model, optimizer, state: TrainState, keep: int) -> Path:
     final = run_dir / "checkpoints" / f"{PREFIX}{state.step:08d}"
-    tmp = final.with_name(final.name + ".tmp")
+    tmp = tmp_path(final)
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
@@ -70,10 +70,7 @@ def save_checkpoint(run_dir: Path, model, optimizer, state: TrainState, keep: in
             raise UserError(f"cannot write checkpoint {final.name}: {e.strerror or e}; the last whole checkpoint "
                             f"is {last[-1] if last else 'none'}") from None
         raise
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
-    fsync_dir(final.parent)
+    commit_folder(tmp, final)
     for old in checkpoint_dirs(run_dir)[:-keep]:
         shutil.rmtree(old)
     return final

@@ -22,7 +22,7 @@ import torch
 
 from shardtune.console import log, meter
 from shardtune.errors import UserError
-from shardtune.files import LOCK, fsync_dir, locked, read_json, write_json
+from shardtune.files import LOCK, commit_folder, locked, read_json, tmp_path, write_json
 from shardtune.manifest import RunInfo, TokensManifest
 from shardtune.models import enable_activation_checkpointing, load_model
 from shardtune.models.adapters import add_lora, is_peft, merge_adapter, quantize_nf4, unwrap
@@ -118,7 +118,6 @@ class Trainer:
         self.metrics = MetricsLog(run_dir)
         try:
             self._check_run_dir()
-
             self.precision = choose_precision(self.device, config.precision)
             self.model = self._build_model()
             if self.device.type == "cuda" and torch.cuda.get_device_capability(self.device)[0] >= 8:
@@ -438,7 +437,7 @@ class Trainer:
         """Write `save(folder)`, the tokenizer and shardtune.json to a temporary folder, then rename."""
         from shardtune.tokens.tokenizer import load_tokenizer
 
-        tmp = folder.with_name(folder.name + ".tmp")
+        tmp = tmp_path(folder)
         shutil.rmtree(tmp, ignore_errors=True)
         save(tmp, safe_serialization=True)
         load_tokenizer(self.manifest.tokenizer).save_pretrained(tmp)
@@ -447,9 +446,7 @@ class Trainer:
                 train_config=self.config.to_dict(), tokens_dir=str(self.tokens_dir),
                 run_dir=str(self.run_dir.resolve()), vocab_size=self.manifest.vocab_size,
                 eos_id=self.manifest.eos_id).write(tmp)
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
-        fsync_dir(self.run_dir)
+        commit_folder(tmp, folder)
 
     def close(self) -> None:
         if self._prefetcher is not None:

