@@ -107,7 +107,7 @@ def _classify(err: Exception, line: bytes = b"x") -> tuple[str, str]:
     detail = str(err).split("\n")[0] or type(err).__name__
     if not line.strip():
         return "blank_line", "blank line"
-    if isinstance(err, UnicodeDecodeError):
+    if isinstance(err, UnicodeDecodeError) or "UTF-8" in detail:  # msgspec >= 0.19 says so in a DecodeError
         return "invalid_utf8", detail
     if isinstance(err, msgspec.ValidationError):
         return ("missing_field" if "missing required field" in detail else "wrong_type"), detail
