@@ -5,4 +5,4 @@ seed's approach it is measured against; common.py what they share. A new benchma
 one bench_<name>.py plus its name below.
 """
 
-BENCHES = ("etl", "tokenize", "train", "generate", "memory", "fits", "overhead", "gpu")
+BENCHES = ("etl", "tokenize", "train", "generate", "memory", "fits", "overhead", "gpu", "planner")

@@ -121,6 +121,7 @@ def bench_gpu(config: BenchGpuConfig) -> int:
     def side(name: str, fn, *args, **kw) -> dict:
         log(f"bench gpu: {name} ...")
         measured[name] = fn(*args, **kw)
+        log(f"bench gpu: {name}: {measured[name]}")  # each figure as it comes, should a later run fail
         return measured[name]
 
     for gb in (0, 12, 6):
@@ -131,9 +132,9 @@ def bench_gpu(config: BenchGpuConfig) -> int:
          "--precision", "fp16")
     side("this loop, fp16 + scaler, 6 GB cap", train_ours, tokens, workdir / "ours-fp16-6", model, steps, batch,
          "--precision", "fp16", env=cap(6))
-    side("this loop, --compile", train_ours, tokens, workdir / "ours-compile", model, steps, batch, "--compile")
     side("this loop, --grad-checkpointing", train_ours, tokens, workdir / "ours-ckpt", model, steps, batch,
          "--grad-checkpointing")
+    side("this loop, --compile", train_ours, tokens, workdir / "ours-compile", model, steps, batch, "--compile")
 
     log("bench gpu: estimates (bench memory) and predictions (bench overhead) ...")
     estimate = {"ours": estimate_peak_mb(shardtune_step, model, True, batch, 256, torch.bfloat16),

@@ -26,3 +26,15 @@ def test_bench_gpu_dry_run_writes_every_figure(tmp_path, capsys):
 def test_bench_gpu_refuses_to_run_without_a_gpu_unless_dry(capsys):
     assert main(["bench", "gpu", "--workdir", "unused"]) == 2
     assert "needs an NVIDIA GPU; --dry-run" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bench_planner_dry_run_trains_each_planned_configuration(tmp_path, capsys):
+    out = tmp_path / "planner.md"
+    assert main(["bench", "planner", "--dry-run", "--workdir", str(tmp_path / "work"), "--out", str(out)]) == 0
+    rows = [line.split(" | ") for line in out.read_text().splitlines() if line.startswith("| tiny")]
+    assert [row[1] for row in rows] == ["full", "lora"]
+    for row in rows:  # the planner's estimate and the probe's own peak and step time, both real numbers
+        estimate, peak, step_ms = (float(row[i].replace(",", "")) for i in (4, 5, 8))
+        assert estimate > 0 and peak > 0 and step_ms > 0
+    assert "No GPU peak measured" in out.read_text()

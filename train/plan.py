@@ -2,12 +2,11 @@
 
 For each way to train (full fine-tuning with fp32 master weights and AdamW or 8-bit AdamW,
 LoRA over a 16-bit base, QLoRA over a 4-bit one), with and without activation
-checkpointing, one training step is run with fake tensors at micro-batches of 1 and 2
-rows of `max_length` tokens, counting live memory as the CUDA allocator would
-(train/memory.py) and every kernel's FLOPs and bytes (train/trace.py). Memory and work
-grow linearly with the micro-batch at a fixed length, so those two runs give every
-micro-batch; each split of the batch into micro-batches x accumulation keeps the
-effective batch. The step-time model (train/steptime.py) turns the work into tokens/s on
+checkpointing, and each split of the batch into micro-batch x accumulation (which keeps
+the effective batch), one training step is run with fake tensors, counting live memory as
+the CUDA allocator would (train/memory.py) and every kernel's FLOPs and bytes
+(train/trace.py). Every layer repeats the same tensors and work, so runs of 1 and 2 layers
+give the model's full depth (`measure`). The step-time model (train/steptime.py) turns the work into tokens/s on
 each card. The fastest configuration that fits with the margin below is the plan.
 
 Where fake tensors cannot go (bitsandbytes quantizes real data), QLoRA is LoRA over a
@@ -215,7 +214,9 @@ def options(model_name: str, batch_size: int, length: int, vram_gb: float, lora_
             techniques: tuple[str, ...] = TECHNIQUES) -> list[Option]:
     """For each technique, with and without checkpointing, the splits of `batch_size` into
     micro-batch x accumulation, largest micro-batch first, down to the first that fits."""
-    out = []
+    out: list[Option] = []
+    if vram_gb * 1024 <= RESERVED_MB:  # the CUDA context alone fills the card: no step fits
+        return out
     for technique in techniques:
         for checkpointing in (False, True):
             for micro in [m for m in (128, 64, 32, 16, 8, 4, 2, 1) if m <= batch_size and batch_size % m == 0]:
@@ -243,7 +244,8 @@ def plan_for(config, vram_gb: float):
                  default_card(vram_gb))
     if found is None:
         raise UserError(f"nothing fits {vram_gb:g} GB for {config.model} at {batch} x {config.max_length} tokens, "
-                        "not even QLoRA with checkpointing one row at a time; try a shorter --max-length")
+                        f"not even QLoRA with checkpointing one row at a time, with {RESERVED_MB} MB kept for the CUDA "
+                        "context; try a shorter --max-length")
     adapters = found.technique in ("lora", "qlora")
     return dataclasses.replace(
         config, batch_size=found.micro_batch, grad_accum=found.grad_accum, grad_checkpointing=found.checkpointing,
