@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import socket
+import sys
 from pathlib import Path
 
 from .errors import UserError
@@ -41,7 +42,19 @@ def hub_reachable() -> bool:
         socket.create_connection((host, 443), timeout=3).close()
         return True
     except OSError:
+        _go_offline()
         return False
+
+
+def _go_offline() -> None:
+    """Put huggingface_hub in offline mode, for this process and its children: some of
+    transformers' lookups (a model's adapter_config.json) ask the hub even with
+    local_files_only=True, and would retry for half a minute. The library reads the flag
+    from its constants module at each call, and from the environment once, at import."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    constants = sys.modules.get("huggingface_hub.constants")
+    if constants is not None:
+        constants.HF_HUB_OFFLINE = True
 
 
 def gpt2_bpe_files() -> tuple[Path, Path]:

@@ -192,6 +192,10 @@ CASES = [
      "--val-fraction must be"),
     ("tokenize: unknown tokenizer offline", ["tokenize", CLEAN, "--out", "{tmp}/tok", "--tokenizer", "x/y"], None,
      "hub is unreachable"),
+    ("tokenize: --tokenizer is a file", ["tokenize", CLEAN, "--out", "{tmp}/tok", "--tokenizer",
+                                        "{world}/questions.txt"], None, "questions.txt is a file; give a tokenizer's"),
+    ("train: --model is a hub name it cannot reach", ["train", TOKENS, "--out", "{tmp}/run", "--model", "no-org/no-model"],
+     None, "hub is unreachable"),
     ("tokenize: output is a file", ["tokenize", CLEAN, "--out", "{world}/trn.json"], None, "is a file"),
     # train
     ("train: no token folder", ["train", "{tmp}/none", "--out", "{tmp}/run"], None, "token manifest not found"),
@@ -207,6 +211,9 @@ CASES = [
     ("train: --lr inf", ["train", TOKENS, "--out", "{tmp}/run", "--lr", "inf"], None, "--lr must be a finite number"),
     ("train: --weight-decay nan", ["train", TOKENS, "--out", "{tmp}/run", "--weight-decay", "nan"], None,
      "--weight-decay must be a finite number"),
+    ("train: --lr 1e30 diverges with finite weights", ["train", TOKENS, "--out", "{tmp}/run", "--model", "tiny",
+                                                       "--lr", "1e30", "--max-steps", "3", "--eval-examples", "8"],
+     None, "training diverged"),
     ("train: --clip-grad -1", ["train", TOKENS, "--out", "{tmp}/run", "--clip-grad", "-1"], None, "--clip-grad must be"),
     ("train: --max-steps -1", ["train", TOKENS, "--out", "{tmp}/run", "--max-steps", "-1"], None, "--max-steps must be"),
     ("train: --batch-size true", ["train", TOKENS, "--out", "{tmp}/run", "--batch-size", "true"], None,
@@ -308,6 +315,7 @@ CASES = [
 def test_hostile_input_is_one_line_exit_2_and_changes_nothing(world, tmp_path, capsys, name, argv, setup, message):
     lock = setup(world, tmp_path) if setup else None
     before = {name: snapshot(world / name) for name in ("clean", "tokens", "run")}
+    had_final = (tmp_path / "run" / "final").exists()
     args = [a.replace("{world}", str(world)).replace("{tmp}", str(tmp_path)) for a in argv]
     try:
         code = main(args)
@@ -323,6 +331,7 @@ def test_hostile_input_is_one_line_exit_2_and_changes_nothing(world, tmp_path, c
     assert not any("Traceback" in line for line in err), err
     assert {name: snapshot(world / name) for name in ("clean", "tokens", "run")} == before  # nothing changed
     assert not (tmp_path / "pwned").exists()  # no pickle payload ever runs
+    assert (tmp_path / "run" / "final").exists() == had_final  # a failed run writes no model
     if "important.txt" in str(list(tmp_path.rglob("*"))):
         assert (tmp_path / "mine" / "final" / "important.txt").read_text() == "keep me"
 

@@ -100,11 +100,14 @@ def test_generate_takes_the_adapter_folder_or_the_merged_model(tokens, tmp_path,
     assert answers[0] == answers[1]
 
 
-def test_qlora_with_8bit_adamw_and_checkpointing_on_the_cpu_backend(tokens, tmp_path):
+@pytest.mark.parametrize("model, layer", [("tiny-llama", lambda m: m.model.layers[0].mlp.up_proj),
+                                          ("tiny", lambda m: m.transformer.h[0].attn.c_proj)])  # GPT-2's have biases
+def test_qlora_with_8bit_adamw_and_checkpointing_on_the_cpu_backend(tokens, tmp_path, model, layer):
+    """run() evaluates before its first step, so every 4-bit layer trains after running in eval mode."""
     pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed (pip install 'shardtune[qlora]')")
-    trainer = Trainer(tokens, tmp_path / "run", lora(max_steps=4, quantize="nf4", optim="adamw8bit",
+    trainer = Trainer(tokens, tmp_path / "run", lora(model=model, max_steps=4, quantize="nf4", optim="adamw8bit",
                                                      grad_checkpointing=True))
-    assert type(trainer.model.get_base_model().model.layers[0].mlp.up_proj.base_layer).__name__ == "Linear4bit"
+    assert type(layer(trainer.model.get_base_model()).base_layer).__name__ == "Linear4bit"
     assert type(trainer.optimizer).__name__ == "AdamW8bit"
     result = trainer.run()
     trainer.close()

@@ -23,6 +23,8 @@ def load_tokenizer(name: str):
 
     quiet_transformers()
     if is_local(name):
+        if not Path(name).expanduser().is_dir():  # transformers would take a file's name for a hub name
+            raise UserError(f"{name} is a file; give a tokenizer's folder (or a model folder, or a hub name)")
         try:
             return AutoTokenizer.from_pretrained(Path(name).expanduser())
         except Exception as e:  # a damaged or foreign folder can make the loader raise almost anything

@@ -372,6 +372,7 @@ class Trainer:
                 progress.update(step, tokens=self.tokens["real"] * self.world)
         final_eval = {"type": "eval", "step": self.state.step, **self.evaluate()}
         self._record(final_eval)
+        self._refuse_diverged(final_eval)
         self._save()
         self.finish()
         padding = self.tokens["padded"] / max(1, self.tokens["real"] + self.tokens["padded"])
@@ -402,6 +403,17 @@ class Trainer:
             write_json(self.run_dir / "config.json", {"train": self.config.to_dict(), "tokens": str(self.tokens_dir),
                                                       "tokens_fingerprint": self.manifest.fingerprint})
 
+    def _refuse_diverged(self, final_eval: dict) -> None:
+        """Neither the last checkpoint nor final/ of a diverged model. Weights can stay finite and
+        still overflow every activation (--lr 1e30 makes them ~1e30), so the validation loss is
+        checked as well as the weights. Before the last save, so the last good checkpoint stays."""
+        val_bad = final_eval["val_tokens"] > 0 and not math.isfinite(final_eval["val_loss"])
+        if val_bad or not all(torch.isfinite(p).all() for p in self.trainable):
+            last = checkpoint_dirs(self.run_dir)
+            what = f"validation loss is {final_eval['val_loss']}" if val_bad else "weights are no longer finite numbers"
+            raise UserError(f"training diverged: the model's {what}, so no model was written (last good checkpoint: "
+                            f"{last[-1] if last else 'none'}); try a lower --lr, or --precision fp32")
+
     def _save(self) -> None:
         self.state.bad_steps = int(self.counters.bad_run)  # a read-back: checkpoints are rare
         if self.is_rank0:
@@ -415,9 +427,6 @@ class Trainer:
         LoRA also RUN_DIR/adapter, the adapter alone (peft loads it), and final/ has it merged in."""
         if not self.is_rank0:
             return
-        if not all(torch.isfinite(p).all() for p in self.trainable):
-            raise UserError("the weights are no longer finite numbers, so no model was written; resume from the "
-                            "last checkpoint with a lower --lr, or --precision fp32")
         model = self.model
         if is_peft(model):
             self._export(self.run_dir / "adapter", model.save_pretrained)

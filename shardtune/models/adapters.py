@@ -66,6 +66,10 @@ def quantize_nf4(model: Any, compute_dtype: torch.dtype, device: torch.device) -
             weight = child.weight.data.T if isinstance(child, Conv1D) else child.weight.data  # Conv1D is (in, out)
             layer = bnb.nn.Linear4bit(weight.shape[1], weight.shape[0], bias=child.bias is not None,
                                       compute_dtype=compute_dtype, quant_type="nf4", device="meta")
+            # On a CPU with AVX512-BF16, bitsandbytes repacks the weight for its inference kernel the
+            # first time the layer runs in eval mode (our evaluations) and keeps that layout when
+            # training resumes: a kernel without autograd, whose in-place bias add then fails.
+            layer.support_avx512bf16_for_cpu = False
             layer.weight = bnb.nn.Params4bit(weight.contiguous(), requires_grad=False, quant_type="nf4")._quantize(
                 device.type if device.type == "cpu" else device)
             if child.bias is not None:
