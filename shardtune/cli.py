@@ -61,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"shardtune {args.command}: interrupted; outputs were left consistent, re-run to finish",
               file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`| head`): quiet, as a shell tool killed by SIGPIPE
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 141
     except OSError as e:
         return fail(describe_os_error(e))
     except MemoryError:

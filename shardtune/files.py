@@ -52,7 +52,12 @@ def commit_folder(tmp: Path, final: Path) -> None:
 
 @contextmanager
 def atomic_open(path: Path, mode: str = "w", **kwargs: Any) -> Iterator[Any]:
-    """open() that writes `path.tmp` and renames it onto `path` only on success."""
+    """open() that writes `path.tmp` and renames it onto `path` only on success. A device or a
+    pipe (`--output /dev/stdout`) is a stream with nothing to replace: it is written in place."""
+    if path.exists() and not path.is_file() and not path.is_dir():
+        with open(path, mode, **kwargs) as f:
+            yield f
+        return
     tmp = tmp_path(path)
     try:
         with open(tmp, mode, **kwargs) as f:

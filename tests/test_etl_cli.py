@@ -111,3 +111,20 @@ def test_synth_command_writes_malformed_lines_on_request(tmp_path):
     out = shardtune("etl", tmp_path / "s.json.gz", "--out", tmp_path / "out")
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert 40 < manifest["malformed"] < 160 and manifest["lines_read"] == 2000, out.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes on this system")
+def test_an_output_that_is_a_pipe_is_streamed_into_not_replaced(tmp_path):
+    """`--output /dev/stdout` or a named pipe: there is nothing to rename onto, so it is written in place."""
+    import stat
+    import threading
+
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(pipe.read_bytes()), daemon=True)
+    reader.start()
+    assert main(["synth", str(pipe), "--lines", "5"]) == 0
+    reader.join(timeout=10)
+    assert stat.S_ISFIFO(os.stat(pipe).st_mode) and not (tmp_path / "pipe.tmp").exists()
+    assert received[0].splitlines() == list(synth_lines(5, seed=0))

@@ -24,6 +24,7 @@ def add_parser(sub) -> None:
 
 
 def run(args, config) -> int:
+    from shardtune.console import log
     from shardtune.infer.generate import Answerer, answer_file, check_output
 
     if args.question is None and not args.interactive and args.input is None:
@@ -36,7 +37,8 @@ def run(args, config) -> int:
     answerer = Answerer.load(args.model)
     if args.input is not None:
         answered, skipped = answer_file(answerer, args.input, dst, config)
-        print(f"{answered:,} answers -> {dst}" + (f" ({skipped:,} lines without a question skipped)" if skipped else ""))
+        # a status line, so on stderr: --output /dev/stdout stays pure JSONL
+        log(f"{answered:,} answers -> {dst}" + (f" ({skipped:,} lines without a question skipped)" if skipped else ""))
         return 0
     if args.question is not None:
         stream = sys.stdout.isatty()
