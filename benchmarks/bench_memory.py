@@ -14,8 +14,8 @@ class BenchMemoryConfig(Config):
     SECTION = "bench.memory"
 
     model: str = option("distilgpt2", "a preset, or a folder holding config.json", metavar="NAME")
-    batch_size: int = option(16, "examples per step (the seed's 16)", min=1)
-    max_length: int = option(256, "tokens per example, every row full (the seed's 256)", min=2)
+    batch_size: int = option(16, "examples per step (the seed's 16)", min=1, max=4096)
+    max_length: int = option(256, "tokens per example, every row full (the seed's 256)", min=2, max=1 << 16)
 
 
 def add_parser(sub) -> None:

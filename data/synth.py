@@ -34,6 +34,7 @@ class SynthConfig(Config):
     profile: str = option("light", "light: the catalogue's own mix (about 11% of descriptions with entities, 15% "
                           "non-ASCII, 5% tags, 460 characters); heavy: 60% entities, 40% non-ASCII, 35% tags, "
                           "640 characters", choices=("light", "heavy"))
+    force: bool = option(False, "replace OUT if it is an existing file (it may be real data: refused without this)")
 
 COLORS = ["Neon Pink", "Black", "Navy Blue", "Red", "Forest Green", "Purple", "Yellow", "White", "Silver", "Teal",
           "Hot Pink", "Zebra", "Leopard", "Gold", "Orange", "Sky Blue"]

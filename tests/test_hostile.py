@@ -294,7 +294,9 @@ CASES = [
     # synth, plan, convert, bench
     ("synth: --malformed-rate 2", ["synth", "{tmp}/s.json", "--malformed-rate", "2"], None, "--malformed-rate must be"),
     ("synth: --profile unknown", ["synth", "{tmp}/s.json", "--profile", "huge"], None, "invalid choice"),
-    ("synth: OUT is a folder", ["synth", "{tmp}", "--lines", "3"], None, "Is a directory"),
+    ("synth: OUT is a folder", ["synth", "{tmp}", "--lines", "3"], None, "is a folder; give a file name"),
+    ("synth: OUT is an existing file", ["synth", "{world}/questions.txt", "--lines", "3"], None,
+     "exists (perhaps real data)"),
     ("plan: --vram 0", ["plan", "--vram", "0"], None, "--vram must be"),
     ("plan: model folder missing", ["plan", "--model", "{tmp}/none"], None, "cannot read the config"),
     ("plan: --max-length 4", ["plan", "--max-length", "4"], None, "--max-length must be"),

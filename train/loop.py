@@ -478,12 +478,18 @@ def run_train(tokens_dir: Path, run_dir: Path, config: TrainConfig | None = None
                 f"{trainer.device} ({trainer.precision.name}), {len(trainer.train_data):,} train / "
                 f"{len(trainer.val_data):,} val examples; config: {config.to_dict()}")
         return trainer.run()
-    except torch.cuda.OutOfMemoryError:
-        used = torch.cuda.memory_allocated() / 2**30
-        total = torch.cuda.get_device_properties(0).total_memory / 2**30
-        raise UserError(f"CUDA ran out of memory ({used:.1f} GiB in use of {total:.1f} GiB). Lower the memory: "
-                        f"--batch-size {max(1, config.batch_size // 2)} --grad-accum {config.grad_accum * 2} "
-                        f"(same effective batch), --grad-checkpointing, or a shorter --max-length") from None
+    except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
+        if isinstance(e, torch.cuda.OutOfMemoryError):
+            used = torch.cuda.memory_allocated() / 2**30
+            total = torch.cuda.get_device_properties(0).total_memory / 2**30
+            what = f"CUDA ran out of memory ({used:.1f} GiB in use of {total:.1f} GiB)"
+        elif "can't allocate memory" in str(e):  # torch's CPU allocator says so in a plain RuntimeError
+            what = "the host ran out of memory"
+        else:
+            raise
+        raise UserError(f"{what}. Lower the memory: --batch-size {max(1, config.batch_size // 2)} --grad-accum "
+                        f"{config.grad_accum * 2} (same effective batch), --grad-checkpointing, or a shorter "
+                        "--max-length") from None
     finally:
         if trainer is not None:
             trainer.close()

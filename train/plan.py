@@ -61,12 +61,14 @@ def model_config(model_name: str):
     from transformers import AutoConfig
 
     from shardtune.errors import UserError, first_line
-    from shardtune.hub import model_key
+    from shardtune.hub import hub_reachable, is_local, model_key
     from shardtune.models import preset_family
 
     family = preset_family(model_name)
     if family is not None and not Path(model_name).exists():
         return family.config(model_key(model_name))
+    if not is_local(model_name):
+        hub_reachable()  # offline, this makes transformers look in its cache alone, without retrying the hub
     try:
         return AutoConfig.from_pretrained(model_name)
     except (OSError, ValueError) as e:
