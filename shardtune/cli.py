@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 
 from . import __version__
@@ -71,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # a bug: one line still, the traceback on request
         if os.environ.get("SHARDTUNE_DEBUG"):
             raise
+        code = re.search(r"\(os error (\d+)\)", str(e))  # an OS error inside a native library (safetensors)
+        if code:
+            return fail(describe_os_error(OSError(int(code[1]), os.strerror(int(code[1])))))
         first = first_line(e)
         return fail(f"unexpected {type(e).__name__}: {first[:300]} (SHARDTUNE_DEBUG=1 shows the traceback; "
                     "please report it)", 1)

@@ -258,6 +258,8 @@ def read_json(path: Path, what: str) -> Any:
         raise UserError(f"{what} not found: {path}") from None
     except (OSError, ValueError) as e:
         raise UserError(f"cannot read {what} {path}: {e}") from None
+    except RecursionError:  # nested deeper than the decoder's stack: no manifest of ours
+        raise UserError(f"cannot read {what} {path}: nested too deep to be one") from None
 
 
 def check_output_dir(out: Path, owned: tuple[str, ...], manifest_name: str = "manifest.json",

@@ -7,6 +7,8 @@ Downstream stages read it instead of asking the user to repeat flags.
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,9 +28,35 @@ def _read_manifest(folder: Path, fmt: str, what: str, command: str) -> dict[str,
     return data
 
 
+def _conforms(value: Any, hint: Any) -> bool:
+    """Whether a value read from JSON has the type a manifest field declares."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_conforms(value, a) for a in args)
+    if origin is list:
+        return isinstance(value, list) and all(_conforms(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(_conforms(k, args[0]) and _conforms(v, args[1])
+                                               for k, v in value.items())
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
 def _build(cls, data: dict[str, Any]):
-    """The dataclass from its JSON, ignoring keys a newer version may have added."""
+    """The dataclass from its JSON, ignoring keys a newer version may have added; a field of the
+    wrong type (an edited or foreign file) is a TypeError naming it, before anything uses it."""
+    if not isinstance(data, dict):
+        raise TypeError(f"{cls.__name__} is not a JSON object")
+    hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
+    for name, value in data.items():
+        if name in known and not _conforms(value, hints[name]):
+            raise TypeError(f"{name} is {type(value).__name__} {str(value)[:40]!r}, not {hints[name]}")
     return cls(**{k: v for k, v in data.items() if k in known})
 
 
@@ -87,8 +115,8 @@ class EtlManifest:
     def read(cls, folder: Path) -> "EtlManifest":
         data = _read_manifest(folder, ETL_FORMAT, "ETL manifest", "etl")
         try:
-            data["inputs"] = [InputFile(**i) for i in data["inputs"]]
-            data["shards"] = [Shard(**s) for s in data["shards"]]
+            data["inputs"] = [_build(InputFile, i) for i in data["inputs"]]
+            data["shards"] = [_build(Shard, s) for s in data["shards"]]
             return _build(cls, data)
         except (KeyError, TypeError, AttributeError) as e:
             raise UserError(f"{folder / MANIFEST} is damaged ({e}); re-run `shardtune etl`") from None
@@ -145,7 +173,7 @@ class TokensManifest:
     def read(cls, folder: Path) -> "TokensManifest":
         data = _read_manifest(folder, TOKENS_FORMAT, "token manifest", "tokenize")
         try:
-            data["splits"] = {k: SplitStats(**{**v, "shards": [TokenShard(**s) for s in v["shards"]]})
+            data["splits"] = {k: _build(SplitStats, {**v, "shards": [_build(TokenShard, s) for s in v["shards"]]})
                               for k, v in data["splits"].items()}
             manifest = _build(cls, data)
         except (KeyError, TypeError, AttributeError) as e:
@@ -197,4 +225,8 @@ class RunInfo:
         """None for a model folder that shardtune did not train (any Hugging Face model)."""
         if not (folder / RUN_INFO).exists():
             return None
-        return _build(cls, read_json(folder / RUN_INFO, "run info"))
+        try:
+            return _build(cls, read_json(folder / RUN_INFO, "run info"))
+        except TypeError as e:
+            raise UserError(f"{folder / RUN_INFO} is damaged ({e}); export the model again, or remove the "
+                            "file to use the folder as a plain Hugging Face model") from None

@@ -65,11 +65,15 @@ def save_checkpoint(run_dir: Path, model, optimizer, state: TrainState, keep: in
                 os.fsync(fh.fileno())
     except BaseException as e:  # a full disk, a kill: no half checkpoint is left, the older ones stay
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError):
-            last = checkpoint_dirs(run_dir)
-            raise UserError(f"cannot write checkpoint {final.name}: {e.strerror or e}; the last whole checkpoint "
-                            f"is {last[-1] if last else 'none'}") from None
-        raise
+        # torch.save and safetensors report a failed write as RuntimeError or SafetensorError
+        write_failed = isinstance(e, OSError) or type(e).__name__ in ("RuntimeError", "SafetensorError")
+        if not write_failed:
+            raise
+        why = e.strerror if isinstance(e, OSError) and e.strerror else \
+            "no space left on the device" if shutil.disk_usage(run_dir).free < 256 << 20 else str(e).splitlines()[0]
+        last = checkpoint_dirs(run_dir)
+        raise UserError(f"cannot write checkpoint {final.name}: {why}; the last whole checkpoint is "
+                        f"{last[-1] if last else 'none'}") from None
     commit_folder(tmp, final)
     for old in checkpoint_dirs(run_dir)[:-keep]:
         shutil.rmtree(old)
