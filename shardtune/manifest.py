@@ -47,7 +47,7 @@ def _conforms(value: Any, hint: Any) -> bool:
     return isinstance(value, hint)
 
 
-def _build(cls, data: dict[str, Any]):
+def from_json(cls, data: dict[str, Any]):
     """The dataclass from its JSON, ignoring keys a newer version may have added; a field of the
     wrong type (an edited or foreign file) is a TypeError naming it, before anything uses it."""
     if not isinstance(data, dict):
@@ -115,9 +115,9 @@ class EtlManifest:
     def read(cls, folder: Path) -> "EtlManifest":
         data = _read_manifest(folder, ETL_FORMAT, "ETL manifest", "etl")
         try:
-            data["inputs"] = [_build(InputFile, i) for i in data["inputs"]]
-            data["shards"] = [_build(Shard, s) for s in data["shards"]]
-            return _build(cls, data)
+            data["inputs"] = [from_json(InputFile, i) for i in data["inputs"]]
+            data["shards"] = [from_json(Shard, s) for s in data["shards"]]
+            return from_json(cls, data)
         except (KeyError, TypeError, AttributeError) as e:
             raise UserError(f"{folder / MANIFEST} is damaged ({e}); re-run `shardtune etl`") from None
 
@@ -173,9 +173,9 @@ class TokensManifest:
     def read(cls, folder: Path) -> "TokensManifest":
         data = _read_manifest(folder, TOKENS_FORMAT, "token manifest", "tokenize")
         try:
-            data["splits"] = {k: _build(SplitStats, {**v, "shards": [_build(TokenShard, s) for s in v["shards"]]})
+            data["splits"] = {k: from_json(SplitStats, {**v, "shards": [from_json(TokenShard, s) for s in v["shards"]]})
                               for k, v in data["splits"].items()}
-            manifest = _build(cls, data)
+            manifest = from_json(cls, data)
         except (KeyError, TypeError, AttributeError) as e:
             raise UserError(f"{folder / MANIFEST} is damaged ({e}); re-run `shardtune tokenize`") from None
         if set(manifest.splits) != {"train", "val"}:
@@ -226,7 +226,7 @@ class RunInfo:
         if not (folder / RUN_INFO).exists():
             return None
         try:
-            return _build(cls, read_json(folder / RUN_INFO, "run info"))
+            return from_json(cls, read_json(folder / RUN_INFO, "run info"))
         except TypeError as e:
             raise UserError(f"{folder / RUN_INFO} is damaged ({e}); export the model again, or remove the "
                             "file to use the folder as a plain Hugging Face model") from None

@@ -109,6 +109,13 @@ def pickle_checkpoint(w, t):
     (newest / "optimizer.pt").write_bytes(b"cos\nsystem\n(S'touch " + str(t).encode() + b"/pwned'\ntR.")
 
 
+def edited_state(change):
+    def setup(w, t):
+        run = copy(w, "run", t)
+        edit_json(sorted((run / "checkpoints").iterdir())[-1] / "state.json", change)
+    return setup
+
+
 def same_output_as_input(w, t):
     (t / "q.txt").write_text("Girls Ballet Tutu Neon Pink\n")
 
@@ -246,6 +253,14 @@ CASES = [
     ("train: a pickle payload as optimizer state", ["train", TOKENS, "--out", "{tmp}/run", "--resume", "--model", "tiny",
                                                     "--max-length", "64", "--batch-size", "4", "--max-steps", "3"],
      pickle_checkpoint, "cannot resume from"),
+    ("train: --resume from a state.json with a negative step", ["train", TOKENS, "--out", "{tmp}/run", "--resume",
+                                                                "--model", "tiny", "--max-length", "64", "--batch-size",
+                                                                "4", "--max-steps", "3"],
+     edited_state(lambda d: d.update(step=-5)), "is not shardtune's"),
+    ("train: --resume from a data position past the epoch", ["train", TOKENS, "--out", "{tmp}/run", "--resume",
+                                                             "--model", "tiny", "--max-length", "64", "--batch-size",
+                                                             "4", "--max-steps", "3"],
+     edited_state(lambda d: d.update(batch_in_epoch=10**9)), "past the epoch's end"),
     ("train: --max-length past the model's positions", ["train", TOKENS, "--out", "{tmp}/run", "--model", "tiny",
                                                         "--max-length", "1000"], None, "longer than model"),
     ("train: --quantize nf4 without LoRA", ["train", TOKENS, "--out", "{tmp}/run", "--quantize", "nf4"], None,

@@ -25,6 +25,7 @@ import torch
 
 from shardtune.errors import UserError
 from shardtune.files import commit_folder, tmp_path
+from shardtune.manifest import from_json
 from shardtune.models.adapters import load_weights, save_weights
 
 PREFIX = "step-"
@@ -104,10 +105,13 @@ def load_checkpoint(path: Path, model, optimizer, device: torch.device) -> Train
     rng = _read(path / "rng.pt", lambda p: torch.load(p, weights_only=True), "random state")
     state = _read(path / "state.json", lambda p: json.loads(p.read_text()), "state file")
     try:
+        state = from_json(TrainState, state)
+        if min(state.step, state.epoch, state.batch_in_epoch, state.bad_steps) < 0:
+            raise TypeError("a negative position")
         torch.set_rng_state(rng["cpu"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state(rng["cuda"])
-        return TrainState(**state)
+        return state
     except (TypeError, KeyError, RuntimeError):
         raise UserError(f"cannot resume from {path}: rng.pt or state.json is not shardtune's; delete that "
                         "checkpoint to resume from an older one") from None

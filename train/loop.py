@@ -249,6 +249,9 @@ class Trainer:
             log(f"train: no checkpoint in {self.run_dir} yet; starting from the beginning")
             return
         self.state = load_checkpoint(found[-1], self.model, self.optimizer, self.device)
+        if self.state.batch_in_epoch > len(self._batches(self.state.epoch)):
+            raise UserError(f"cannot resume from {found[-1]}: its data position (batch {self.state.batch_in_epoch:,} "
+                            "of the epoch) is past the epoch's end; it was edited, delete that checkpoint")
         if self.state.scaler:
             self.scaler.load_state_dict(self.state.scaler)
         if self.is_rank0:
