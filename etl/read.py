@@ -197,12 +197,18 @@ class InputReader:
             end = min(self._line_end(start + self.batch_bytes), self.size)
             yield Span(str(self.path), start, end, end)
             start = end
+        now = os.fstat(self.raw.fileno()).st_size
+        if now != self.size:  # written to or cut while read: the spans no longer describe it
+            raise UserError(f"input {self.path} changed while it was read ({self.size:,} bytes, then {now:,}); "
+                            "re-run when it is complete")
 
     def _line_end(self, offset: int) -> int:
         """The offset just past the first newline at or after `offset - 1`."""
         fd, at = self.raw.fileno(), offset - 1
         while at < self.size:
             piece = os.pread(fd, 1 << 16, at)
+            if not piece:  # the file was cut short while read: the check after the last span says so
+                break
             found = piece.find(b"\n")
             if found >= 0:
                 return at + found + 1

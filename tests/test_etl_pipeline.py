@@ -312,3 +312,19 @@ def test_default_fields_missing_from_most_lines_is_an_error_naming_the_keys_foun
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "parent_asin" in err[0] and "product.name" in err[0] and "--title-field" in err[0]
     assert not (tmp_path / "out").exists()  # nothing was started
+
+
+@pytest.mark.parametrize("change", ["cut", "grown"])
+def test_an_input_changed_while_read_is_an_error_not_a_hang(tmp_path, change):
+    import shardtune.etl.read as read
+    from shardtune.errors import UserError
+
+    path = write_lines(tmp_path / "trn.json", [rec(uid=f"u{i}", content=f"Content number {i} here.") for i in range(400)])
+    reader = read.InputReader(path, 10**9, 1000, 1024)
+    spans = reader._spans()
+    next(spans)
+    with open(path, "r+b") as f:  # another program cuts the file, or appends to it, mid-run
+        f.truncate(2000) if change == "cut" else (f.seek(0, 2), f.write(b'{"uid": "late"}\n'))
+    with pytest.raises(UserError, match="changed while it was read"):
+        list(spans)
+    reader.close()
