@@ -124,7 +124,7 @@ def bench_planner(config: BenchPlannerConfig) -> int:
     from shardtune.train.plan import MARGIN, RESERVED_MB, best, default_card, measure, options
     from shardtune.train.steptime import card_named
 
-    from .common import device_name, print_table, run_measured
+    from .common import device_name, markdown_table, print_table, run_measured, write_report
 
     cuda = torch.cuda.is_available()
     if not cuda and not config.dry_run:
@@ -180,12 +180,9 @@ def bench_planner(config: BenchPlannerConfig) -> int:
         "no GPU peak measured (a dry run's RSS counts the libraries, not a step's tensors)"
     print_table(title, columns, rows, summary)
     lines = [f"### `shardtune bench planner{' --dry-run' if config.dry_run else ''}`: {title}", "",
-             "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows] + ["", summary[0].upper() + summary[1:] + "."]
+             *markdown_table(columns, rows), "", summary[0].upper() + summary[1:] + "."]
     path = Path(config.out) if config.out else workdir / f"planner-{datetime.date.today().isoformat()}.md"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
-    log(f"bench planner: table written to {path}")
+    write_report(path, lines, "bench planner")
     return 0
 
 

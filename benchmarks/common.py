@@ -131,3 +131,20 @@ def print_table(title: str, columns: list[str], rows: list[list[str]], note: str
     out.print(table)
     if note:
         out.print(note)
+
+
+def markdown_table(columns: list[str], rows: list[list[str]]) -> list[str]:
+    """The lines of a markdown table, as RESULTS.md holds them."""
+    return ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)] + \
+        ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def write_report(path: Path, lines: list[str], what: str) -> None:
+    """A benchmark's markdown report, written under a temporary name and renamed."""
+    from shardtune.console import log
+    from shardtune.files import atomic_open
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    log(f"{what}: table written to {path}")
