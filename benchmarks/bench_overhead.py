@@ -66,9 +66,10 @@ def prepare_data(workdir: Path, lines: int) -> Path:
     return tokens
 
 
-def loop_seconds(command: list[str], steps: int, env: dict | None = None) -> float:
+def loop_seconds(command: list[str], steps: int, env: dict | None = None, warm: bool = True) -> float:
     """Host seconds per steady-state step of a training command (its time at 2 x `steps`
-    minus its time at `steps`, so start-up and the end cancel)."""
+    minus its time at `steps`, so start-up and the end cancel); `warm`: a first run fills the
+    file cache."""
     def timed(n: int) -> float:
         out = Path(command[command.index("--out") + 1])
         shutil.rmtree(out, ignore_errors=True)
@@ -76,7 +77,8 @@ def loop_seconds(command: list[str], steps: int, env: dict | None = None) -> flo
         subprocess.run([*command, "--max-steps", str(n)], check=True, capture_output=True, env=env)
         return time.perf_counter() - start
 
-    timed(2)  # warm the file cache
+    if warm:
+        timed(2)
     return max(0.0, (timed(2 * steps) - timed(steps)) / steps)
 
 

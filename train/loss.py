@@ -91,7 +91,10 @@ class AnswerLoss(nn.Module):
         # No attention mask: batches are padded on the right, and a causal model never
         # lets a real token see a later (padding) one. Without a mask, attention takes
         # the causal fast path (flash attention on a GPU) and no mask is ever built.
-        body = (self.model.base_model if self.body is None else self.body)(input_ids=input_ids, position_ids=position_ids)
+        # Evaluation (no gradients) runs the eager body: a compiled one would compile, and on CUDA
+        # record graphs of, a second, no-grad variant of every shape for a pass that runs rarely.
+        run = self.body if self.body is not None and torch.is_grad_enabled() else self.model.base_model
+        body = run(input_ids=input_ids, position_ids=position_ids)
         hidden = body.last_hidden_state.flatten(0, 1).index_select(0, predict_at)
         head = self.model.get_output_embeddings()
         if getattr(head, "bias", None) is not None:  # rare for causal LMs; fall back to the plain path

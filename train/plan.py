@@ -143,9 +143,27 @@ def _layers_field(config) -> str:
     return "num_hidden_layers" if hasattr(config, "num_hidden_layers") else "n_layer"
 
 
+# A plan asks for LoRA and QLoRA at the same shapes, and QLoRA's fake step is LoRA's: each runs once
+_STEPS: dict[tuple, tuple[float, list[tuple[int, int]], list[int]]] = {}
+
+
 def _run(config, technique: str, checkpointing: bool, micro_batch: int, length: int, dtype: torch.dtype,
          lora_r: int) -> Estimate:
     """Two training steps with fake tensors: the peak while the second runs, its kernels' work."""
+    stepped = "lora" if technique == "qlora" else technique
+    key = (config.to_json_string(), stepped, checkpointing, micro_batch, length, dtype, lora_r)
+    if key not in _STEPS:
+        _STEPS[key] = _fake_step(config, stepped, checkpointing, micro_batch, length, dtype, lora_r)
+    peak, work, weights = _STEPS[key]
+    if technique == "qlora":
+        peak += sum(weights) * (NF4_BYTES - dtype.itemsize) + 2 * max(weights) * dtype.itemsize
+        work = work + [(0, int(n * (NF4_BYTES + dtype.itemsize))) for n in weights for _ in range(3)]  # fwd, bwd, again
+    return Estimate(peak, {card.name: work_seconds(work, card) for card in CARDS}, len(work))
+
+
+def _fake_step(config, technique: str, checkpointing: bool, micro_batch: int, length: int, dtype: torch.dtype,
+               lora_r: int) -> tuple[float, list[tuple[int, int]], list[int]]:
+    """(peak bytes, each kernel's (FLOPs, bytes), the body's linear weights' sizes) of a step."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     from transformers import AutoModelForCausalLM
 
@@ -155,7 +173,7 @@ def _run(config, technique: str, checkpointing: bool, micro_batch: int, length: 
     from .loss import AnswerLoss
 
     memory, trace = LiveBytes(), OpTrace(keep_ops=True, count_flops=True)
-    adapters = technique in ("lora", "qlora")
+    adapters = technique == "lora"
     with FakeTensorMode(), fused_attention():
         model = AutoModelForCausalLM.from_config(config, dtype=dtype if adapters else torch.float32)
         family = family_of(model)
@@ -180,12 +198,8 @@ def _run(config, technique: str, checkpointing: bool, micro_batch: int, length: 
                 torch.nn.utils.clip_grad_norm_(trainable, 1.0, foreach=True)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-        peak, work = float(memory.peak), [(o.flops, o.bytes) for o in trace.ops if o.kernel]
-        if technique == "qlora":
-            weights = [w.numel() for w in _linear_weights(model)]
-            peak += sum(weights) * (NF4_BYTES - dtype.itemsize) + 2 * max(weights) * dtype.itemsize
-            work += [(0, int(n * (NF4_BYTES + dtype.itemsize))) for n in weights for _ in range(3)]  # fwd, bwd, again
-    return Estimate(peak, {card.name: work_seconds(work, card) for card in CARDS}, len(work))
+        weights = [w.numel() for w in _linear_weights(model)] if adapters else []
+    return float(memory.peak), [(o.flops, o.bytes) for o in trace.ops if o.kernel], weights
 
 
 def measure(model_name: str, technique: str, checkpointing: bool, micro_batch: int, length: int,
