@@ -86,7 +86,8 @@ def cleaned_batches(readers: list[InputReader], files: list[InputFile], config: 
     workers = config.workers or os.cpu_count() or 1
     if 0 < sum(r.size for r in readers) <= 2 * config.batch_bytes:
         workers = 1  # two blocks or fewer: starting processes (about a second) would cost more than it saves
-    pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=start) if workers > 1 else None
+    pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=start,
+                               initargs=(os.getpid(),)) if workers > 1 else None
     in_flight: deque[tuple[InputFile, int, bool, Future]] = deque()
     done_bytes = 0
     try:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 
 from conftest import rec, write_lines
@@ -79,9 +80,11 @@ def test_a_killed_run_is_detected_and_replaced_by_the_next(tmp_path):
         while not (out / "part-00001.parquet").exists() and time.time() < deadline:
             time.sleep(0.01)
         assert proc.poll() is None  # still waiting for the rest of its input
+        workers = psutil.Process(proc.pid).children(recursive=True)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert (out / "part-00001.parquet").exists() and not (out / "manifest.json").exists()  # incomplete, visibly
+    assert workers and not psutil.wait_procs(workers, timeout=10)[1]  # its worker processes died with it
     assert shardtune("etl", src, "--out", out, "--shard-rows", 500).returncode == 0
     clean = tmp_path / "clean"
     assert shardtune("etl", src, "--out", clean, "--shard-rows", 500).returncode == 0

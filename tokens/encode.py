@@ -99,8 +99,11 @@ def encode_rows(spec: EncodeSpec, encoder: Encoder, titles: list[str], contents:
 _worker: tuple[EncodeSpec, Encoder] | None = None
 
 
-def _init_worker(spec: EncodeSpec) -> None:
+def _init_worker(spec: EncodeSpec, parent: int) -> None:
+    from shardtune.workers import die_with_parent
+
     global _worker
+    die_with_parent(parent)
     _worker = (spec, Encoder(spec.tokenizer, fast=spec.fast))
 
 
@@ -120,7 +123,7 @@ class BatchEncoder:
         self._pool = None
         if self.workers > 1:
             self._pool = ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"),
-                                             initializer=_init_worker, initargs=(spec,))
+                                             initializer=_init_worker, initargs=(spec, os.getpid()))
 
     def map(self, batches):
         if self._local is not None:

@@ -1,0 +1,24 @@
+"""What every worker process shardtune starts does first (the ETL's and tokenize's pools)."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(parent: int) -> None:
+    """End this worker when the process that started it (`parent`) ends, however it ends: after a
+    kill -9 of the command, a worker would otherwise block for ever sending a result that no one
+    reads. Linux only (prctl); elsewhere the pool's own checks are all there is."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not glibc or musl: no prctl to call
+        return
+    if os.getppid() != parent:  # the parent was gone before the request took effect
+        os._exit(1)
