@@ -6,8 +6,9 @@ checkpointing, and each split of the batch into micro-batch x accumulation (whic
 the effective batch), one training step is run with fake tensors, counting live memory as
 the CUDA allocator would (train/memory.py) and every kernel's FLOPs and bytes
 (train/trace.py). Every layer repeats the same tensors and work, so runs of 1 and 2 layers
-give the model's full depth (`measure`). The step-time model (train/steptime.py) turns the work into tokens/s on
-each card. The fastest configuration that fits with the margin below is the plan.
+give the model's full depth (`measure`). The step-time model (train/steptime.py) turns the
+work into tokens/s on each card. The fastest configuration that fits with the margin below
+is the plan.
 
 Where fake tensors cannot go (bitsandbytes quantizes real data), QLoRA is LoRA over a
 16-bit base with the body's linear weights recounted at NF4's 0.52 bytes a parameter,
@@ -149,7 +150,7 @@ _STEPS: dict[tuple, tuple[float, list[tuple[int, int]], list[int]]] = {}
 
 def _run(config, technique: str, checkpointing: bool, micro_batch: int, length: int, dtype: torch.dtype,
          lora_r: int) -> Estimate:
-    """Two training steps with fake tensors: the peak while the second runs, its kernels' work."""
+    """One configuration's step: its peak memory, each card's device time, its kernels."""
     stepped = "lora" if technique == "qlora" else technique
     key = (config.to_json_string(), stepped, checkpointing, micro_batch, length, dtype, lora_r)
     if key not in _STEPS:
@@ -163,7 +164,8 @@ def _run(config, technique: str, checkpointing: bool, micro_batch: int, length: 
 
 def _fake_step(config, technique: str, checkpointing: bool, micro_batch: int, length: int, dtype: torch.dtype,
                lora_r: int) -> tuple[float, list[tuple[int, int]], list[int]]:
-    """(peak bytes, each kernel's (FLOPs, bytes), the body's linear weights' sizes) of a step."""
+    """Two training steps with fake tensors: (the peak while the second runs, each of its kernels'
+    (FLOPs, bytes), the sizes of the body's linear weights)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     from transformers import AutoModelForCausalLM
 
