@@ -149,7 +149,7 @@ def bench_gpu(config: BenchGpuConfig) -> int:
 
     # The loop's host time per step, on the micro twin: after the runs on a GPU, which it uses
     host_time = pool.submit(loop_seconds, train_command(tokens, workdir / "twin-run", twin_folder(workdir, True)),
-                            40 if cuda else 3, warm=cuda)
+                            40 if cuda else 3)
     if cuda:  # a GPU measures one thing at a time; in a dry run what follows overlaps the runs
         host_time.result()
     log("bench gpu: estimates (bench memory) and predictions (bench overhead) ...")

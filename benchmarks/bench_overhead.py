@@ -66,20 +66,37 @@ def prepare_data(workdir: Path, lines: int) -> Path:
     return tokens
 
 
-def loop_seconds(command: list[str], steps: int, env: dict | None = None, warm: bool = True) -> float:
-    """Host seconds per steady-state step of a training command (its time at 2 x `steps`
-    minus its time at `steps`, so start-up and the end cancel); `warm`: a first run fills the
-    file cache."""
-    def timed(n: int) -> float:
-        out = Path(command[command.index("--out") + 1])
-        shutil.rmtree(out, ignore_errors=True)
-        start = time.perf_counter()
-        subprocess.run([*command, "--max-steps", str(n)], check=True, capture_output=True, env=env)
-        return time.perf_counter() - start
+# Run in one process of its own: the training command called in-process at n and at 2n steps,
+# three times each. Timing whole processes instead let start-up (imports, seconds that vary by
+# a second or two on a shared machine) swamp the 40 steps' 1-2 s: the difference came out <= 0.
+_TIMER = """
+import json, shutil, sys, time
+from shardtune.cli import main
+argv, steps = json.loads(sys.argv[1]), int(sys.argv[2])
+out = argv[argv.index("--out") + 1]
+def timed(n):
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.perf_counter()
+    if main([*argv, "--max-steps", str(n)]):
+        sys.exit("the training command failed")
+    return time.perf_counter() - start
+timed(2)  # the first call pays for the lazy imports
+short, long = zip(*((timed(steps), timed(2 * steps)) for _ in range(3)))
+print(json.dumps((min(long) - min(short)) / steps))
+"""
 
-    if warm:
-        timed(2)
-    return max(0.0, (timed(2 * steps) - timed(steps)) / steps)
+
+def loop_seconds(command: list[str], steps: int, env: dict | None = None) -> float:
+    """Host seconds per steady-state step of a `python -m shardtune.cli train ...` command:
+    its time at 2 x `steps` minus its time at `steps` (start-up and the end cancel), the
+    fastest of three of each, all in one process."""
+    python, argv = command[0], command[3:]
+    assert command[1:3] == ["-m", "shardtune.cli"], command
+    done = subprocess.run([python, "-c", _TIMER, json.dumps(argv), str(steps)], capture_output=True, text=True,
+                          env=env)
+    if done.returncode:
+        raise RuntimeError(f"timing {' '.join(argv[:1])} failed: {done.stderr.strip()[-500:]}")
+    return max(0.0, json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 def twin_folder(workdir: Path, prepare: bool) -> Path:
