@@ -25,8 +25,8 @@ class BenchEtlConfig(Config):
 
         if set(self.names("profiles")) - {"light", "heavy"} or not self.names("profiles"):
             raise UserError("--profiles must name light, heavy or both (light,heavy)")
-        if not all(w.isdigit() for w in self.names("workers")) or not self.names("workers"):
-            raise UserError("--workers must be whole numbers, e.g. 1,0")
+        if not all(w.isdigit() and int(w) <= 256 for w in self.names("workers")) or not self.names("workers"):
+            raise UserError("--workers must be whole numbers from 0 to 256, e.g. 1,0")
 
     def names(self, field_name: str) -> list[str]:
         return [n.strip() for n in getattr(self, field_name).split(",") if n.strip()]

@@ -113,7 +113,9 @@ def run_measured(args: list[str], env: dict | None = None) -> Measured:
         log.seek(0)
         out = log.read()
     if proc.returncode:
-        raise UserError(f"benchmark step failed: {' '.join(args)}\n{out[-2000:]}")
+        # one line: the step's own error (its last line), the command to rerun for the whole story
+        last = next((line for line in reversed(out.splitlines()) if line.strip()), "no output")
+        raise UserError(f"benchmark step failed ({last.strip()[:500]}); rerun it alone to see all: {' '.join(args)}")
     return Measured(seconds, usage.ru_maxrss / 1024, out, peak_total[0])
 
 

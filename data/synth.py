@@ -28,7 +28,7 @@ class SynthConfig(Config):
     SECTION = "synth"
 
     lines: int = option(10_000, "lines to write", min=0)
-    seed: int = option(0, "random seed: the same seed writes the same file", min=0)
+    seed: int = option(0, "random seed: the same seed writes the same file", min=0, max=2**32 - 1)
     malformed_rate: float = option(0.0, "share of lines made malformed, to exercise error handling", min=0, max=1,
                                    metavar="P")
     profile: str = option("light", "light: the catalogue's own mix (about 11% of descriptions with entities, 15% "

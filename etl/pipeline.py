@@ -39,6 +39,10 @@ def run_etl(inputs: list[Path], out: Path, config: EtlConfig | None = None) -> E
     readers = [InputReader(p, config.batch_lines, config.max_line_bytes, config.batch_bytes, record)
                for p in inputs]  # fail fast on bad paths
     try:
+        for reader in readers:
+            if str(reader.path) != "-" and out.resolve() in reader.path.resolve().parents:
+                raise UserError(f"input {reader.path} is inside --out {out}, whose earlier output etl replaces; "
+                                "move the input or write to another folder")
         check_output_dir(out, OWNED_FILES)
         for reader in readers:
             check_fields(reader.path, config.fields(), config.max_line_bytes)

@@ -142,6 +142,10 @@ class InputReader:
         self.size = os.fstat(self.raw.fileno()).st_size if stat.S_ISREG(os.fstat(self.raw.fileno()).st_mode) \
             else 0  # a pipe: its progress shows no total
         magic = self.raw.peek(2)[:2]  # peek, not read + seek: a pipe cannot seek
+        if magic in (b"\xff\xfe", b"\xfe\xff"):  # every line would be a reject: say what the whole file is
+            self.raw.close()
+            raise UserError(f"input {path} is UTF-16 text; convert it to UTF-8 first "
+                            f"(iconv -f UTF-16 -t UTF-8 {path} > {path.stem}-utf8.json)")
         # GzipFile buffers by itself and hands over every line decoded before a
         # truncated end; a larger buffer on top would lose the lines around the break.
         self.stream: BinaryIO = gzip.GzipFile(fileobj=self.raw, mode="rb") if magic == b"\x1f\x8b" else self.raw
@@ -238,6 +242,8 @@ class InputReader:
 
     def _array_batches(self) -> Iterator[Batch]:
         batch, index = Batch(), 0
+        if self.stream.peek(3)[:3] == b"\xef\xbb\xbf":  # a byte-order mark is not JSON: ijson would stop at it
+            self.stream.read(3)
         items = array_items(self.stream)
         while True:
             try:
@@ -390,8 +396,10 @@ def array_items(stream: BinaryIO) -> Iterator[object]:
             keys[-1] = value
             continue
         if event in ("end_map", "end_array"):
-            if not stack:
-                return  # the end of the top array
+            if not stack:  # the end of the top array: anything after it is data that would go uncounted
+                for _ in events:
+                    raise ijson.JSONError("data after the end of the JSON array")
+                return
             value, _ = stack.pop(), keys.pop()
         if not stack:
             yield value

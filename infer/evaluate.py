@@ -61,12 +61,17 @@ def check_vocabulary(answerer: Answerer, manifest: TokensManifest, name: str) ->
                         "the shards' tokenizer")
 
 
+def _no_validation_examples(data: Path, manifest) -> UserError:
+    return UserError(f"{data} has no validation examples (val fraction {manifest.val_fraction:g} of "
+                     f"{manifest.splits['train'].examples:,} examples); tokenize more data or a larger --val-fraction")
+
+
 def run_eval(base: str, tuned: str, data: Path, out: Path, config: EvalConfig | None = None) -> dict:
     config = (config or EvalConfig()).check()
     manifest = TokensManifest.read(data)
     manifest.verify(data)
     if manifest.splits["val"].examples == 0:
-        raise UserError(f"{data} has no validation examples; tokenize with --val-fraction above 0")
+        raise _no_validation_examples(data, manifest)
     for name in (base, tuned):
         if looks_like_path(name) and not Path(name).expanduser().exists():
             raise UserError(f"model folder not found: {name}")
@@ -83,9 +88,9 @@ def _evaluate(base: str, tuned: str, data: Path, out: Path, config: EvalConfig, 
 
     from shardtune.tokens.shards import TokenShards
 
-    val = TokenShards(manifest.shard_paths(data, "val"))
+    val = TokenShards(manifest.shard_paths(data, "val"), manifest.shard_examples("val"))
     if len(val) == 0:
-        raise UserError(f"{data} has no validation examples; tokenize with --val-fraction above 0")
+        raise _no_validation_examples(data, manifest)
     rng = np.random.default_rng(config.seed)
     picks = sorted(rng.choice(len(val), size=min(config.samples, len(val)), replace=False).tolist())
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
@@ -136,8 +141,9 @@ def plot_losses(run_dir: Path, png: Path) -> Path | None:
     from shardtune.train.metrics import MetricsLog
 
     metrics = MetricsLog(run_dir)
-    train = [(e["step"], e["loss"]) for e in metrics.read("train")]
-    val = [(e["step"], e["val_loss"]) for e in metrics.read("eval")]
+    # a non-finite loss is logged as null: it has no point on the plot
+    train = [(e["step"], e["loss"]) for e in metrics.read("train") if e.get("loss") is not None]
+    val = [(e["step"], e["val_loss"]) for e in metrics.read("eval") if e.get("val_loss") is not None]
     if not train and not val:
         return None
     import matplotlib

@@ -131,20 +131,35 @@ def questions_in(path: Path) -> Iterator[str | None]:
             yield title.strip() if isinstance(title, str) and title.strip() else None
 
 
-def check_output(src: Path, dst: Path) -> None:
+def check_output(src: Path, dst: Path, force: bool = False) -> None:
     if dst.exists() and src.exists() and dst.resolve() == src.resolve():
         raise UserError(f"--output {dst} is the input file; writing it would overwrite the questions")
     if dst.is_dir():
         raise UserError(f"--output {dst} is a folder; give a file name")
     if not dst.parent.is_dir():
         raise UserError(f"the folder of --output {dst} does not exist; create it or choose another")
+    if dst.is_file() and dst.stat().st_size and not force and not _earlier_answers(dst):
+        raise UserError(f"--output {dst} exists and holds no earlier answers (perhaps real data); choose another "
+                        "name, or add --force to replace it")
 
 
-def answer_file(answerer: Answerer, src: Path, dst: Path, sampling: GenerateConfig) -> tuple[int, int]:
+def _earlier_answers(path: Path) -> bool:
+    """Whether a file starts with a line this command writes: a JSON object with an "answer"."""
+    with open(path, "rb") as f:
+        first = f.readline(1 << 20)
+    try:
+        value = json.loads(first)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(value, dict) and "answer" in value
+
+
+def answer_file(answerer: Answerer, src: Path, dst: Path, sampling: GenerateConfig,
+                force: bool = False) -> tuple[int, int]:
     """Answer every question of `src` into JSONL `dst`, streaming; (answered, lines skipped as unusable)."""
     from shardtune.files import atomic_open
 
-    check_output(src, dst)
+    check_output(src, dst, force)
     answered = skipped = 0
     batch: list[str] = []
     with atomic_open(dst, "w", encoding="utf-8") as f, meter("generate", None, "questions",

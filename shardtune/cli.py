@@ -48,12 +48,28 @@ def describe_os_error(e: OSError) -> str:
         return f"no space left on the device{where}; free some and re-run: what was written is consistent"
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"not allowed to write or read{where}: {e.strerror}; choose another folder or fix its permissions"
+    if e.errno in (errno.EEXIST, errno.ENOTDIR):  # a file where a folder was to be made or gone through
+        return f"{e.strerror}{where}: a file stands where a folder is needed; choose another path"
     return f"{e.strerror or e}{where}"
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    for arg in argv:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:  # bytes that are not UTF-8, e.g. in a file name: paths are written into manifests
+            shown = os.fsencode(arg).decode("utf-8", "backslashreplace")
+            print(f"shardtune: error: argument '{shown}' is not valid UTF-8; rename the file or folder it names",
+                  file=sys.stderr)
+            return 2
     args = build_parser().parse_args(argv)
-    fail = lambda message, code=2: (print(f"shardtune {args.command}: error: {message}", file=sys.stderr), code)[1]  # noqa: E731
+
+    def fail(message, code: int = 2) -> int:  # one line, whatever the message holds (a path with a newline)
+        text = str(message).replace("\r", "\\r").replace("\n", "\\n")
+        print(f"shardtune {args.command}: error: {text}", file=sys.stderr)
+        return code
+
     try:
         return args.run(args)
     except UserError as e:

@@ -250,6 +250,16 @@ def write_json(path: Path, data: Any) -> None:
         f.write("\n")
 
 
+def read_small_file(path: Path, what: str, limit: int = 1 << 20) -> bytes:
+    """The bytes of a file that should be small (a config, a template): one over `limit` is refused
+    before it is held, so /dev/zero or a mistaken path cannot fill memory."""
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise UserError(f"{what} {path} is larger than {limit >> 20} MB; give a small text file")
+    return data
+
+
 def read_json(path: Path, what: str) -> Any:
     try:
         with open(path, encoding="utf-8") as f:

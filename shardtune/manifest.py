@@ -180,7 +180,28 @@ class TokensManifest:
             raise UserError(f"{folder / MANIFEST} is damaged ({e}); re-run `shardtune tokenize`") from None
         if set(manifest.splits) != {"train", "val"}:
             raise UserError(f"{folder / MANIFEST} is damaged (splits {sorted(manifest.splits)}); re-run `shardtune tokenize`")
+        if (wrong := manifest._out_of_range()) is not None:
+            raise UserError(f"{folder / MANIFEST} is damaged ({wrong}); re-run `shardtune tokenize`")
         return manifest
+
+    def _out_of_range(self) -> str | None:
+        """What of the manifest no tokenize run writes (types are checked by from_json), or None."""
+        from .template import PromptTemplate
+
+        counts = [n for split in self.splits.values() for s in split.shards for n in (s.examples, s.tokens, s.bytes)]
+        if not 0 < self.vocab_size <= 2**32:
+            return f"vocab_size {self.vocab_size}"
+        if not 0 <= self.eos_id < self.vocab_size:
+            return f"eos_id {self.eos_id} for a vocabulary of {self.vocab_size}"
+        if self.dtype not in ("uint16", "uint32") or (self.dtype == "uint16" and self.vocab_size > 2**16):
+            return f"dtype {self.dtype} for a vocabulary of {self.vocab_size}"
+        if self.max_length < 1 or any(n < 0 for n in counts):
+            return "a negative count or length"
+        try:
+            PromptTemplate(self.template)
+        except UserError as e:
+            return str(e)
+        return None
 
     def verify(self, folder: Path) -> None:
         """Every shard is there, unchanged, and the counts add up: or a one-line error."""
@@ -195,6 +216,10 @@ class TokensManifest:
 
     def shard_paths(self, folder: Path, split: str) -> list[Path]:
         return [inside(folder, s.file, "the token manifest") for s in self.splits[split].shards]
+
+    def shard_examples(self, split: str) -> list[int]:
+        """Each shard's count of examples, which TokenShards checks against the files."""
+        return [s.examples for s in self.splits[split].shards]
 
 
 RUN_INFO = "shardtune.json"

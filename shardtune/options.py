@@ -121,9 +121,13 @@ class Config:
 
 
 def read_toml(path: Path) -> dict[str, Any]:
+    from .files import read_small_file
+
     try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
+        text = read_small_file(path, "config file").decode("utf-8")
+        return tomllib.loads(text.removeprefix("\ufeff"))  # a byte-order mark (Windows editors) is no TOML
+    except RecursionError:
+        raise UserError(f"cannot read config file {path}: nested too deep") from None
     except FileNotFoundError:
         raise UserError(f"config file not found: {path}") from None
     except IsADirectoryError:

@@ -8,7 +8,9 @@ into every example; here the text is exactly what is written below.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import string
 from dataclasses import dataclass
 
 from .errors import UserError
@@ -26,11 +28,16 @@ class PromptTemplate:
 
     def __post_init__(self) -> None:
         try:
-            self.text.format(title="x")
-        except (KeyError, IndexError, ValueError) as e:
-            raise UserError(f"prompt template must contain {{title}} and no other {{fields}}: {e}") from None
-        if "{title}" not in self.text:
-            raise UserError("prompt template must contain {title}")
+            parsed = list(string.Formatter().parse(self.text))
+        except ValueError as e:  # a lone brace
+            raise UserError(f"prompt template is not a format string ({e}); write a literal brace as {{{{ or }}}}") \
+                from None
+        fields = [(name, spec, conversion) for _, name, spec, conversion in parsed if name is not None]
+        if fields != [("title", "", None)]:
+            found = ", ".join("{" + (name or "") + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+                              for name, spec, conv in fields) or "none"
+            raise UserError(f"prompt template must contain {{title}} once and no other {{fields}} (found: {found}); "
+                            "write a literal brace as {{ or }}")
 
     def prompt(self, title: str) -> str:
         return self.text.format(title=title)
@@ -47,10 +54,17 @@ class PromptTemplate:
         prompt = full.rstrip(" ")
         return prompt, full[len(prompt):]
 
+    @functools.cached_property
+    def _around(self) -> tuple[str, str]:
+        """(text before {title}, text after it), escaped braces unescaped."""
+        parsed = list(string.Formatter().parse(self.text))
+        at = next(i for i, (_, name, _, _) in enumerate(parsed) if name is not None)
+        return "".join(lit for lit, *_ in parsed[:at + 1]), "".join(lit for lit, *_ in parsed[at + 1:])
+
     def around(self) -> tuple[str, str]:
         """(text before {title}, text after it up to the answer): what a prompt keeps whole
         when a long title has to be cut."""
-        before, after = self.text.split("{title}", 1)
+        before, after = self._around
         return before, after.rstrip(" ")
 
     def title_of(self, prompt: str) -> str:

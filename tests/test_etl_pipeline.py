@@ -146,6 +146,17 @@ def test_a_broken_json_array_keeps_the_elements_before_the_break(tmp_path):
     assert m.malformed_reasons == {"broken_stream": 1} and m.balanced()
 
 
+@pytest.mark.parametrize("after", [b"", b"  \n", b" [" + json.dumps(rec(uid="c")).encode() + b"]", b" garbage"])
+def test_a_json_array_with_a_byte_order_mark_is_read_and_data_after_it_is_counted(tmp_path, after):
+    src = tmp_path / "trn_array.json"
+    src.write_bytes(b"\xef\xbb\xbf" + json.dumps([rec(uid="a"), rec(uid="b", content="Another good one here.")]).encode()
+                    + after)
+    m = run_etl([src], tmp_path / "out", EtlConfig())
+    assert [r["uid"] for r in rows(tmp_path / "out")] == ["a", "b"] and m.balanced()
+    # whitespace after the array is nothing; anything else would go uncounted, so it is one reject
+    assert m.malformed_reasons == ({} if not after.strip() else {"broken_stream": 1})
+
+
 def test_reruns_are_deterministic_and_replace_the_old_output(tmp_path):
     from shardtune.data.synth import write_synth
 

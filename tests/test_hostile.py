@@ -133,6 +133,36 @@ def locked_out(w, t):
     return hold_lock(t / "out")
 
 
+def input_in_out(w, t):
+    copy(w, "clean", t)
+
+
+def forged_token_shard(w, t):
+    """The val shard copied over the train shard, its manifest entry's size and checksum updated to match."""
+    from shardtune.files import file_crc32
+
+    tokens = copy(w, "tokens", t)
+    train, val = sorted(tokens.glob("train/*.arrow"))[0], sorted(tokens.glob("val/*.arrow"))[0]
+    shutil.copy(val, train)
+    edit_json(tokens / "manifest.json", lambda d: d["splits"]["train"]["shards"][0].update(
+        bytes=train.stat().st_size, crc32=file_crc32(train)))
+
+
+def garbage_token_shard(w, t):
+    from shardtune.files import file_crc32
+
+    tokens = copy(w, "tokens", t)
+    train = sorted(tokens.glob("train/*.arrow"))[0]
+    train.write_bytes(os.urandom(4096))
+    edit_json(tokens / "manifest.json", lambda d: d["splits"]["train"]["shards"][0].update(
+        bytes=4096, crc32=file_crc32(train)))
+
+
+def foreign_output(w, t):
+    (t / "q.txt").write_text("Girls Ballet Tutu Neon Pink\n")
+    (t / "catalogue.json").write_text('{"uid": "precious"}\n')
+
+
 def toml(text: bytes):
     def setup(w, t):
         (t / "c.toml").write_bytes(text)
@@ -165,6 +195,20 @@ CASES = [
      toml(b"[etl\n"), "cannot read config file"),
     ("etl: TOML missing", ["etl", "{world}/trn.json", "--out", "{tmp}/o", "--config", "{tmp}/none.toml"], None,
      "config file not found"),
+    ("etl: input inside --out", ["etl", "{tmp}/clean/manifest.json", "--out", "{tmp}/clean"], input_in_out,
+     "is inside --out"),
+    ("etl: file name not UTF-8", ["etl", "{tmp}/in\udcff.json", "--out", "{tmp}/o"], None, "is not valid UTF-8"),
+    ("etl: path with a newline", ["etl", "{tmp}/no\nsuch.json", "--out", "{tmp}/o"], None, "no\\nsuch.json"),
+    ("etl: UTF-16 input", ["etl", "{tmp}/u16.json", "--out", "{tmp}/o"],
+     lambda w, t: (t / "u16.json").write_bytes(json.dumps(rec()).encode("utf-16")), "is UTF-16 text"),
+    ("tokenize: --tokenizer empty", ["tokenize", CLEAN, "--out", "{tmp}/tok", "--tokenizer", ""], None,
+     "--tokenizer must name a tokenizer"),
+    ("bench etl: --workdir is a file", ["bench", "etl", "--workdir", "{world}/questions.txt/x", "--lines", "10"], None,
+     "a file stands where a folder is needed"),
+    ("etl: config endless", ["etl", "{world}/trn.json", "--out", "{tmp}/o", "--config", "/dev/zero"], None,
+     "larger than 1 MB"),
+    ("etl: TOML nested 5,000 deep", ["etl", "{world}/trn.json", "--out", "{tmp}/o", "--config", "{tmp}/c.toml"],
+     toml(b"x = " + b"[" * 5000 + b"]" * 5000 + b"\n"), "nested too deep"),
     # tokenize: manifests are not trusted
     ("tokenize: no etl folder", ["tokenize", "{tmp}/none", "--out", "{tmp}/tok"], None, "ETL manifest not found"),
     ("tokenize: manifest is not JSON", ["tokenize", "{tmp}/clean", "--out", "{tmp}/tok"],
@@ -191,6 +235,12 @@ CASES = [
      "must contain {title}"),
     ("tokenize: template with another field", ["tokenize", CLEAN, "--out", "{tmp}/tok", "--template", "{title} {x}"], None,
      "no other {fields}"),
+    ("tokenize: template with {title} escaped", ["tokenize", CLEAN, "--out", "{tmp}/tok", "--template", "Q: {{title}} A: "],
+     None, "must contain {title} once"),
+    ("tokenize: --template-file endless", ["tokenize", CLEAN, "--out", "{tmp}/tok", "--template-file", "/dev/zero"], None,
+     "larger than 1 MB"),
+    ("tokenize: --out is the etl folder", ["tokenize", "{tmp}/clean", "--out", "{tmp}/clean"], input_in_out,
+     "is the ETL folder being read"),
     ("tokenize: --template-file missing", ["tokenize", CLEAN, "--out", "{tmp}/tok", "--template-file", "{tmp}/t"], None,
      "cannot read --template-file"),
     ("tokenize: --template-file not UTF-8", ["tokenize", CLEAN, "--out", "{tmp}/tok", "--template-file", "{tmp}/c.toml"],
@@ -220,6 +270,22 @@ CASES = [
      damaged_tokens(lambda k: (k / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)), "nested too deep"),
     ("train: token manifest of one split", ["train", "{tmp}/tokens", "--out", "{tmp}/run", "--model", "tiny"],
      damaged_tokens(lambda k: edit_json(k / "manifest.json", lambda d: d["splits"].pop("val"))), "is damaged"),
+    ("train: token shard forged, size and checksum to match", ["train", "{tmp}/tokens", "--out", "{tmp}/run", "--model",
+                                                              "tiny"], forged_token_shard, "where its manifest says"),
+    ("train: token shard of random bytes, size and checksum to match", ["train", "{tmp}/tokens", "--out", "{tmp}/run",
+                                                                        "--model", "tiny"], garbage_token_shard,
+     "is not a shardtune token shard"),
+    ("train: token manifest eos_id past the vocabulary", ["train", "{tmp}/tokens", "--out", "{tmp}/run", "--model", "tiny"],
+     damaged_tokens(lambda k: edit_json(k / "manifest.json", lambda d: d.update(eos_id=10**9))), "eos_id 1000000000"),
+    ("train: token manifest vocab_size -1", ["train", "{tmp}/tokens", "--out", "{tmp}/run", "--model", "tiny"],
+     damaged_tokens(lambda k: edit_json(k / "manifest.json", lambda d: d.update(vocab_size=-1))), "vocab_size -1"),
+    ("train: token manifest template without {title}", ["train", "{tmp}/tokens", "--out", "{tmp}/run", "--model", "tiny"],
+     damaged_tokens(lambda k: edit_json(k / "manifest.json", lambda d: d.update(template="Q: A:"))),
+     "must contain {title}"),
+    ("train: --max-length leaves no answer", ["train", TOKENS, "--out", "{tmp}/run", "--model", "tiny", "--max-length",
+                                              "2"], None, "leaves no token to learn from"),
+    ("train: --seed past 32 bits", ["train", TOKENS, "--out", "{tmp}/run", "--seed", str(10**26)], None,
+     "--seed must be"),
     ("train: --lr inf", ["train", TOKENS, "--out", "{tmp}/run", "--lr", "inf"], None, "--lr must be a finite number"),
     ("train: --weight-decay nan", ["train", TOKENS, "--out", "{tmp}/run", "--weight-decay", "nan"], None,
      "--weight-decay must be a finite number"),
@@ -298,6 +364,13 @@ CASES = [
     ("generate: the model's shardtune.json damaged", ["generate", "{tmp}/final", "q"],
      lambda w, t: (shutil.copytree(w / "run" / "final", t / "final"),
                    edit_json(t / "final" / "shardtune.json", lambda d: d.update(template=5))), "is damaged (template"),
+    ("generate: --output is someone's file", ["generate", RUN + "/final", "--input", "{tmp}/q.txt", "--output",
+                                              "{tmp}/catalogue.json"], foreign_output, "add --force"),
+    ("generate: --temperature 1e-300", ["generate", RUN + "/final", "q", "--temperature", "1e-300"], None,
+     "--temperature must be 0 (greedy) or at least 0.01"),
+    ("generate: --repetition-penalty 1e-300", ["generate", RUN + "/final", "q", "--repetition-penalty", "1e-300"], None,
+     "--repetition-penalty must be"),
+    ("generate: --seed past 32 bits", ["generate", RUN + "/final", "q", "--seed", str(10**26)], None, "--seed must be"),
     ("generate: empty question", ["generate", RUN + "/final", "  "], None, "question is empty"),
     # eval
     ("eval: no token folder", ["eval", "--base", "tiny", "--tuned", RUN + "/final", "--data", "{tmp}/none", "--out",
@@ -324,6 +397,10 @@ CASES = [
     ("plan: model folder missing", ["plan", "--model", "{tmp}/none"], None, "cannot read the config"),
     ("plan: --max-length 4", ["plan", "--max-length", "4"], None, "--max-length must be"),
     ("convert: file missing", ["convert", "{tmp}/none.gguf", "--out", "{tmp}/m"], None, "file not found"),
+    ("convert: a folder", ["convert", "{tmp}", "--out", "{tmp}/m"], None, "is a folder"),
+    ("convert: a truncated GGUF", ["convert", "{tmp}/model.gguf", "--out", "{tmp}/m"],
+     lambda w, t: (t / "model.gguf").write_bytes(b"GGUF\x03\x00\x00\x00\x05"), "cannot read"),
+    ("bench etl: --workers 1000", ["bench", "etl", "--workers", "1,1000"], None, "--workers must be whole numbers"),
     ("convert: not a GGUF", ["convert", "{tmp}/model.gguf", "--out", "{tmp}/m"], gguf_not, "cannot read"),
     ("bench etl: --lines 0", ["bench", "etl", "--lines", "0"], None, "--lines must be"),
     ("bench etl: --profiles unknown", ["bench", "etl", "--profiles", "x"], None, "--profiles must name"),

@@ -69,6 +69,20 @@ def test_batch_input_writes_jsonl_answers(run, tmp_path):
     assert [a["question"] for a in answers] == ["Girls Ballet Tutu Neon Pink", "Kestrel 10 Inch Cast Iron Skillet",
                                                 "Baby Sun Hat Teal"]
     assert all(a["answer"] and a["new_tokens"] <= 12 for a in answers)
+    # a re-run replaces its earlier answers; a file of someone else's is replaced only with --force
+    args = ["generate", str(run / "run" / "final"), "--input", str(questions), "--max-new-tokens", "2"]
+    assert main(args) == 0
+    mine = tmp_path / "catalogue.json"
+    mine.write_text('{"uid": "precious"}\n')
+    assert main(args + ["--output", str(mine)]) == 2 and mine.read_text() == '{"uid": "precious"}\n'
+    assert main(args + ["--output", str(mine), "--force"]) == 0 and len(mine.read_text().splitlines()) == 3
+
+
+def test_interactive_asks_again_after_a_line_that_is_not_utf8(run, monkeypatch, capsys):
+    lines = iter(["Girls Hoodie \udcff\udcfe", "Baby Sun Hat Teal", "exit"])  # how stdin hands over bad bytes
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
+    assert main(["generate", str(run / "run" / "final"), "--interactive", "--max-new-tokens", "2"]) == 0
+    assert capsys.readouterr().err.count("not UTF-8 text; ask again") == 1
 
 
 def test_one_question_prints_only_the_answer(run, capsys):

@@ -133,6 +133,16 @@ def test_a_second_run_on_unchanged_input_skips_the_work(tmp_path, capsys):
     assert TokensManifest.read(tmp_path / "tok").max_length == 64
 
 
+def test_a_template_with_literal_braces_means_what_format_means():
+    t = PromptTemplate("Q {{json}}: {title} }} A: ")
+    assert t.prompt("Tutu") == "Q {json}: Tutu } A: "
+    assert t.around() == ("Q {json}: ", " } A:")
+    assert t.title_of(t.split("Tutu")[0]) == "Tutu"
+    for bad in ("Q: {{title}} A: ", "{title} and {title}", "{title!r}", "{title:>9}", "Q: {title A: "):
+        with pytest.raises(UserError):
+            PromptTemplate(bad)
+
+
 def test_custom_template_from_the_command_line(tmp_path, gpt2_tokenizer):
     clean = etl_folder(tmp_path, PRODUCTS[:1])
     assert main(["tokenize", str(clean), "--out", str(tmp_path / "tok"), "--template", "Q: {title}\nA: ",

@@ -445,3 +445,28 @@ def test_tensorboard_missing_is_a_one_line_error(tokens, tmp_path, monkeypatch, 
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert "needs the tensorboard package" in err[-1] and "pip install 'shardtune[tensorboard]'" in err[-1]
+
+
+def test_a_non_finite_figure_is_logged_as_null_so_metrics_jsonl_stays_json(tmp_path):
+    log = MetricsLog(tmp_path)
+    log.append({"type": "eval", "step": 3, "val_loss": float("nan"), "val_perplexity": float("inf")})
+    line = (tmp_path / "metrics.jsonl").read_text()
+    assert json.loads(line) == {"type": "eval", "step": 3, "val_loss": None, "val_perplexity": None}
+    assert "NaN" not in line and "Infinity" not in line
+
+
+def test_resuming_a_finished_run_repeats_no_step(tokens, tmp_path):
+    run_train(tokens, tmp_path / "run", small(max_steps=2))
+    before = (tmp_path / "run" / "metrics.jsonl").read_text()
+    run_train(tokens, tmp_path / "run", small(max_steps=2, resume=True))
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == before
+    assert [e["step"] for e in metrics(tmp_path / "run", "eval")] == [0, 2]
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "nan", "inf"])
+def test_a_gpu_memory_cap_that_is_not_a_size_is_refused(monkeypatch, value):
+    from shardtune.train.device import cap_gpu_memory
+
+    monkeypatch.setenv("SHARDTUNE_GPU_MEMORY_GB", value)
+    with pytest.raises(UserError, match="SHARDTUNE_GPU_MEMORY_GB must be a number of GB"):
+        cap_gpu_memory(torch.device("cpu"))  # refused before any CUDA call, so testable here

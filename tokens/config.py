@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shardtune.errors import UserError
 from shardtune.options import Config, option
 from shardtune.template import DEFAULT_TEMPLATE, PromptTemplate
 
@@ -25,3 +26,5 @@ class TokenizeConfig(Config):
 
     def validate(self) -> None:
         PromptTemplate(self.template)
+        if not self.tokenizer.strip():
+            raise UserError("--tokenizer must name a tokenizer (e.g. distilgpt2) or a folder holding one")

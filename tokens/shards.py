@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from shardtune.errors import UserError
 from shardtune.files import RollingShardWriter, file_crc32
 from shardtune.manifest import TokenShard
 
@@ -92,17 +93,29 @@ class TokenShards:
     page cache, so memory does not grow with the dataset.
     """
 
-    def __init__(self, files: list[Path]) -> None:
+    def __init__(self, files: list[Path], examples: list[int] | None = None) -> None:
+        """`examples`: each file's count of examples as its manifest records it, checked."""
         self._values: list[np.ndarray] = []
         self._offsets: list[np.ndarray] = []
         self._prompt: list[np.ndarray] = []
-        for path in files:
-            with pa.ipc.open_stream(pa.memory_map(str(path), "r")) as reader:
-                for batch in reader:
-                    ids = batch.column(0)
-                    self._values.append(ids.values.to_numpy(zero_copy_only=True))
-                    self._offsets.append(ids.offsets.to_numpy(zero_copy_only=True))
-                    self._prompt.append(batch.column(1).to_numpy(zero_copy_only=True))
+        for k, path in enumerate(files):
+            rows = 0
+            try:
+                with pa.ipc.open_stream(pa.memory_map(str(path), "r")) as reader:
+                    if reader.schema.names != ["input_ids", "prompt_len"]:
+                        raise pa.ArrowInvalid(f"columns {reader.schema.names}")
+                    for batch in reader:
+                        ids = batch.column(0)
+                        self._values.append(ids.values.to_numpy(zero_copy_only=True))
+                        self._offsets.append(ids.offsets.to_numpy(zero_copy_only=True))
+                        self._prompt.append(batch.column(1).to_numpy(zero_copy_only=True))
+                        rows += len(batch)
+            except (pa.ArrowException, OSError, AttributeError) as e:  # AttributeError: columns of another type
+                why = (str(e).splitlines() or [type(e).__name__])[0][:200]
+                raise UserError(f"{path} is not a shardtune token shard ({why}); re-run shardtune tokenize") from None
+            if examples is not None and rows != examples[k]:
+                raise UserError(f"token shard {path} holds {rows:,} examples where its manifest says {examples[k]:,}; "
+                                "re-run shardtune tokenize")
         counts = np.array([len(p) for p in self._prompt], dtype=np.int64)
         self._starts = np.concatenate([[0], np.cumsum(counts)])
         self.lengths = np.concatenate([np.diff(o) for o in self._offsets]) if self._offsets else np.zeros(0, np.int32)
@@ -118,6 +131,9 @@ class TokenShards:
         j = i - int(self._starts[b])
         off = self._offsets[b]
         return self._values[b][off[j]:off[j + 1]], int(self._prompt[b][j])
+
+    def prompt_lengths(self) -> np.ndarray:
+        return np.concatenate(self._prompt) if self._prompt else np.zeros(0, np.int32)
 
     def max_id(self) -> int:
         """The largest token id in the shards (-1 when empty): a scan of the mapped ids, no copy."""

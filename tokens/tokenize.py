@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from shardtune import __version__
@@ -60,9 +61,15 @@ def histogram_edges(max_length: int, bins: int = 64) -> list[int]:
 
 def _row_batches(parquet_dir: Path, etl: EtlManifest, batch_examples: int):
     for shard in etl.shards:
-        parquet = pq.ParquetFile(inside(parquet_dir, shard.file, "the ETL manifest"))
-        for batch in parquet.iter_batches(batch_size=batch_examples, columns=["title", "content"]):
-            yield batch.column(0).to_pylist(), batch.column(1).to_pylist()
+        path = inside(parquet_dir, shard.file, "the ETL manifest")
+        try:
+            parquet = pq.ParquetFile(path)
+            batches = parquet.iter_batches(batch_size=batch_examples, columns=["title", "content"])
+            for batch in batches:
+                yield batch.column(0).to_pylist(), batch.column(1).to_pylist()
+        except pa.ArrowException as e:  # its size and checksum matched the manifest: a file written over by hand
+            why = (str(e).splitlines() or [type(e).__name__])[0][:200]
+            raise UserError(f"{path} is not a shardtune ETL shard ({why}); re-run shardtune etl") from None
 
 
 def _fast_path_holds(tokenizer, template: PromptTemplate, sample: tuple[list[str], list[str]] | None) -> bool:
@@ -78,6 +85,8 @@ def run_tokenize(parquet_dir: Path, out: Path, config: TokenizeConfig | None = N
     config = (config or TokenizeConfig()).check()
     etl = EtlManifest.read(parquet_dir)
     etl.verify(parquet_dir)
+    if out.resolve() == parquet_dir.resolve():
+        raise UserError(f"--out {out} is the ETL folder being read; write the tokens to a folder of their own")
     check_output_dir(out, (MANIFEST,), subfolders={s: SHARD_GLOB for s in SPLITS})  # before any work
     template = PromptTemplate(config.template)
     tokenizer = load_tokenizer(config.tokenizer)

@@ -29,7 +29,7 @@ class TrainConfig(Config):
     grad_accum: int = option(1, "micro-batches per optimizer step", min=1, group=DATA)
     loss_on: str = option("answer", "tokens that carry the loss ('prompt+answer' is the seed's)",
                           choices=("answer", "prompt+answer"), group=DATA)
-    seed: int = option(42, "random seed: weights, data order, dropout", min=0, group=DATA)
+    seed: int = option(42, "random seed: weights, data order, dropout", min=0, max=2**32 - 1, group=DATA)
 
     lr: float = option(5e-5, "peak learning rate", above=0, group=OPTIM)
     weight_decay: float = option(0.01, "AdamW weight decay", min=0, group=OPTIM)

@@ -6,12 +6,14 @@ scaler on older GPUs such as the RTX 2060 (Turing has no bf16), fp32 on the CPU.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
 import torch
 
 from shardtune.console import log
+from shardtune.errors import UserError
 
 
 @dataclass
@@ -36,8 +38,15 @@ def choose_precision(device: torch.device, wanted: str = "auto") -> Precision:
 
 
 def cap_gpu_memory(device: torch.device) -> None:
-    """SHARDTUNE_GPU_MEMORY_GB=6 makes a big GPU behave like a 6 GB card (allocations past it fail)."""
-    gb = float(os.environ.get("SHARDTUNE_GPU_MEMORY_GB", 0) or 0)
+    """SHARDTUNE_GPU_MEMORY_GB=6 makes a big GPU behave like a 6 GB card (allocations past it fail);
+    unset, empty or 0: no cap."""
+    text = os.environ.get("SHARDTUNE_GPU_MEMORY_GB", "").strip()
+    try:
+        gb = float(text or 0)
+    except ValueError:
+        gb = math.nan
+    if not 0 <= gb < math.inf:
+        raise UserError(f"SHARDTUNE_GPU_MEMORY_GB must be a number of GB, e.g. 6 (got {text!r}); unset it for no cap")
     if gb > 0:
         total = torch.cuda.get_device_properties(device).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, gb * 2**30 / total), device)

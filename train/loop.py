@@ -104,10 +104,12 @@ class Trainer:
         self._lock = contextlib.ExitStack()  # the run folder's lock, held by rank 0 until close()
         self.manifest = TokensManifest.read(tokens_dir)
         self.manifest.verify(tokens_dir)
-        self.train_data = TokenShards(self.manifest.shard_paths(tokens_dir, "train"))
-        self.val_data = TokenShards(self.manifest.shard_paths(tokens_dir, "val"))
+        shards = lambda split: TokenShards(self.manifest.shard_paths(tokens_dir, split),  # noqa: E731
+                                           self.manifest.shard_examples(split))
+        self.train_data, self.val_data = shards("train"), shards("val")
         if len(self.train_data) == 0:
             raise UserError(f"{tokens_dir} holds no training examples")
+        self._check_something_to_learn()
         # Few shapes: batch lengths from a fixed set chosen from the data; on a GPU also a fixed
         # number of rows, and predicted positions rounded up, so matrix shapes repeat.
         lengths = np.concatenate([self.train_data.lengths, self.val_data.lengths])
@@ -227,6 +229,19 @@ class Trainer:
         for final in ("final", "adapter"):
             if (run / final).exists() and not (run / final / "shardtune.json").exists():
                 raise UserError(f"{run / final} holds files shardtune did not write; move them before resuming")
+
+    def _check_something_to_learn(self) -> None:
+        """Refuse a --max-length that cuts every example before its answer (nothing to learn, a
+        validation loss of 0/0)."""
+        c = self.config
+        for name, data in (("training", self.train_data), ("validation", self.val_data)):
+            if not len(data):
+                continue
+            kept = np.minimum(data.lengths, c.max_length)
+            first = np.minimum(data.prompt_lengths(), kept) if c.loss_on != "prompt+answer" else 0
+            if int(np.maximum(kept - np.maximum(first, 1), 0).sum()) == 0:
+                raise UserError(f"--max-length {c.max_length} leaves no token to learn from in the {name} examples "
+                                f"(their prompts fill it); raise --max-length")
 
     def _check_vocab(self, model) -> None:
         positions = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
@@ -373,13 +388,22 @@ class Trainer:
                 if step % c.save_steps == 0 and not last:
                     self._save()
                 progress.update(step, tokens=self.tokens["real"] * self.world)
-        final_eval = {"type": "eval", "step": self.state.step, **self.evaluate()}
-        self._record(final_eval)
+        final_eval = self._final_eval()
         self._refuse_diverged(final_eval)
         self._save()
         self.finish()
         padding = self.tokens["padded"] / max(1, self.tokens["real"] + self.tokens["padded"])
         return {**final_eval, "steps": self.state.step, "padding": padding, "peak_memory_mb": peak_memory_mb(self.device)}
+
+    def _final_eval(self) -> dict:
+        """The evaluation at the last step; a finished run resumed has it logged already (evaluation
+        is deterministic), and logging it again would repeat a step in metrics.jsonl and TensorBoard."""
+        logged = [e for e in self.metrics.read("eval") if e["step"] == self.state.step and e.get("val_loss") is not None]
+        if logged and self.state.step == self.total_steps:
+            return logged[-1]
+        final_eval = {"type": "eval", "step": self.state.step, **self.evaluate()}
+        self._record(final_eval)
+        return final_eval
 
     def _log(self) -> dict:
         """Read the window back from the device, stop a diverging run, write the log line."""

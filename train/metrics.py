@@ -12,6 +12,7 @@ Training appends; eval, the benchmarks and the tests read through `MetricsLog`.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from shardtune.errors import UserError
@@ -43,7 +44,7 @@ class MetricsLog:
 
     def append(self, entry: dict) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(entry) + "\n")
+            f.write(_json_line(entry))
         if self._board is not None:
             for name in SCALARS.get(entry["type"], ()):
                 if name in entry:
@@ -74,7 +75,13 @@ class MetricsLog:
         """Forget what an interrupted run logged after its last checkpoint (atomically)."""
         kept = [e for e in self.read() if e.get("step", 0) <= step]
         with atomic_open(self.path, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(e) + "\n" for e in kept)
+            f.writelines(_json_line(e) for e in kept)
+
+
+def _json_line(entry: dict) -> str:
+    """One JSON line; a non-finite figure (a diverged loss) as null, since NaN is not JSON."""
+    clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in entry.items()}
+    return json.dumps(clean) + "\n"
 
 
 def describe(entry: dict) -> str:

@@ -20,7 +20,9 @@ def add_parser(sub) -> None:
     p.add_argument("question", nargs="?", metavar="QUESTION", help="e.g. 'Girls Ballet Tutu Neon Pink'")
     p.add_argument("--interactive", action="store_true", help="ask questions in a loop (Ctrl-D or 'exit' ends it)")
     p.add_argument("--input", type=Path, metavar="FILE", help="one question per line, or JSONL with a 'title' field")
-    p.add_argument("--output", type=Path, metavar="FILE", help="JSONL answers for --input (default: INPUT.answers.jsonl)")
+    p.add_argument("--output", type=Path, metavar="FILE", help="JSONL answers for --input (default: INPUT.answers.jsonl); "
+                   "an existing file is replaced only if it holds earlier answers, or with --force")
+    p.add_argument("--force", action="store_true", help="replace --output even if it is not an earlier answers file")
 
 
 def run(args, config) -> int:
@@ -33,10 +35,10 @@ def run(args, config) -> int:
         if not args.input.exists():
             raise UserError(f"input file not found: {args.input}")
         dst = args.output or args.input.with_suffix(".answers.jsonl")
-        check_output(args.input, dst)  # before loading a model
+        check_output(args.input, dst, args.force)  # before loading a model
     answerer = Answerer.load(args.model)
     if args.input is not None:
-        answered, skipped = answer_file(answerer, args.input, dst, config)
+        answered, skipped = answer_file(answerer, args.input, dst, config, args.force)
         # a status line, so on stderr: --output /dev/stdout stays pure JSONL
         log(f"{answered:,} answers -> {dst}" + (f" ({skipped:,} lines without a question skipped)" if skipped else ""))
         return 0
@@ -49,9 +51,13 @@ def run(args, config) -> int:
     while True:
         try:
             question = input("question> ").strip()
+            question.encode("utf-8")  # stdin may hand over undecodable bytes as lone surrogates
         except EOFError:
             print()
             return 0
+        except UnicodeError:
+            print("that line is not UTF-8 text; ask again", file=sys.stderr)
+            continue
         if question in ("exit", "quit"):
             return 0
         if question:

