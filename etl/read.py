@@ -102,6 +102,15 @@ class Block:
         return lines
 
 
+def _wide_encoding(head: bytes) -> str | None:
+    """UTF-32 or UTF-16, from the byte-order mark a file starts with; None for anything else."""
+    if head in (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff"):
+        return "UTF-32"
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return "UTF-16"
+    return None
+
+
 def _classify(err: Exception, line: bytes = b"x") -> tuple[str, str]:
     """(kind, detail) of a decoding error."""
     detail = str(err).split("\n")[0] or type(err).__name__
@@ -142,13 +151,17 @@ class InputReader:
         self.size = os.fstat(self.raw.fileno()).st_size if stat.S_ISREG(os.fstat(self.raw.fileno()).st_mode) \
             else 0  # a pipe: its progress shows no total
         magic = self.raw.peek(2)[:2]  # peek, not read + seek: a pipe cannot seek
-        if magic in (b"\xff\xfe", b"\xfe\xff"):  # every line would be a reject: say what the whole file is
-            self.raw.close()
-            raise UserError(f"input {path} is UTF-16 text; convert it to UTF-8 first "
-                            f"(iconv -f UTF-16 -t UTF-8 {path} > {path.stem}-utf8.json)")
         # GzipFile buffers by itself and hands over every line decoded before a
         # truncated end; a larger buffer on top would lose the lines around the break.
         self.stream: BinaryIO = gzip.GzipFile(fileobj=self.raw, mode="rb") if magic == b"\x1f\x8b" else self.raw
+        try:
+            encoding = _wide_encoding(self.stream.peek(4)[:4])
+        except (OSError, EOFError, zlib.error):  # a broken compressed stream: the reader quarantines it
+            encoding = None
+        if encoding:  # every line would be a reject: say what the whole file is
+            self.close()
+            raise UserError(f"input {path} is {encoding} text; convert it to UTF-8 first "
+                            f"(iconv -f {encoding} -t UTF-8 ... > {path.stem}-utf8.json)")
 
     def close(self) -> None:
         self.stream.close()

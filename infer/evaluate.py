@@ -88,7 +88,7 @@ def _evaluate(base: str, tuned: str, data: Path, out: Path, config: EvalConfig, 
 
     from shardtune.tokens.shards import TokenShards
 
-    val = TokenShards(manifest.shard_paths(data, "val"), manifest.shard_examples("val"))
+    val = TokenShards(manifest.shard_paths(data, "val"), manifest.shard_counts("val"))
     if len(val) == 0:
         raise _no_validation_examples(data, manifest)
     rng = np.random.default_rng(config.seed)

@@ -139,19 +139,22 @@ def check_output(src: Path, dst: Path, force: bool = False) -> None:
     if not dst.parent.is_dir():
         raise UserError(f"the folder of --output {dst} does not exist; create it or choose another")
     if dst.is_file() and dst.stat().st_size and not force and not _earlier_answers(dst):
-        raise UserError(f"--output {dst} exists and holds no earlier answers (perhaps real data); choose another "
-                        "name, or add --force to replace it")
+        raise UserError(f"--output {dst} exists and is not an answers file of this command (perhaps real data); "
+                        "choose another name, or add --force to replace it")
 
 
 def _earlier_answers(path: Path) -> bool:
-    """Whether a file starts with a line this command writes: a JSON object with an "answer"."""
+    """Whether every line of a file is one this command writes: a JSON object with an "answer"
+    (streamed, a line at a time)."""
     with open(path, "rb") as f:
-        first = f.readline(1 << 20)
-    try:
-        value = json.loads(first)
-    except (ValueError, RecursionError):
-        return False
-    return isinstance(value, dict) and "answer" in value
+        while line := f.readline(1 << 20):  # bounded: a line longer than any answer is no answer
+            try:
+                value = json.loads(line)
+            except (ValueError, RecursionError):
+                return False
+            if not isinstance(value, dict) or "answer" not in value:
+                return False
+    return True
 
 
 def answer_file(answerer: Answerer, src: Path, dst: Path, sampling: GenerateConfig,

@@ -60,13 +60,14 @@ def main(argv: list[str] | None = None) -> int:
             arg.encode("utf-8")
         except UnicodeEncodeError:  # bytes that are not UTF-8, e.g. in a file name: paths are written into manifests
             shown = os.fsencode(arg).decode("utf-8", "backslashreplace")
-            print(f"shardtune: error: argument '{shown}' is not valid UTF-8; rename the file or folder it names",
-                  file=sys.stderr)
+            print(f"shardtune: error: argument '{shown}' is not valid UTF-8; give it as UTF-8 (for a path, rename "
+                  "the file or folder)", file=sys.stderr)
             return 2
     args = build_parser().parse_args(argv)
 
-    def fail(message, code: int = 2) -> int:  # one line, whatever the message holds (a path with a newline)
-        text = str(message).replace("\r", "\\r").replace("\n", "\\n")
+    def fail(message, code: int = 2) -> int:
+        # one line of plain text, whatever a path in it holds (a newline, a terminal escape): escaped
+        text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in str(message))
         print(f"shardtune {args.command}: error: {text}", file=sys.stderr)
         return code
 

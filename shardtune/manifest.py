@@ -217,9 +217,9 @@ class TokensManifest:
     def shard_paths(self, folder: Path, split: str) -> list[Path]:
         return [inside(folder, s.file, "the token manifest") for s in self.splits[split].shards]
 
-    def shard_examples(self, split: str) -> list[int]:
-        """Each shard's count of examples, which TokenShards checks against the files."""
-        return [s.examples for s in self.splits[split].shards]
+    def shard_counts(self, split: str) -> list[tuple[int, int]]:
+        """Each shard's (examples, tokens), which TokenShards checks against the files."""
+        return [(s.examples, s.tokens) for s in self.splits[split].shards]
 
 
 RUN_INFO = "shardtune.json"

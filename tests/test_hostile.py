@@ -5,6 +5,7 @@ The good outputs (an etl folder, a token folder, a trained run) are made once; e
 against copies or beside them, and the originals are compared byte for byte after each case.
 """
 
+import gzip
 import hashlib
 import json
 import os
@@ -161,6 +162,7 @@ def garbage_token_shard(w, t):
 def foreign_output(w, t):
     (t / "q.txt").write_text("Girls Ballet Tutu Neon Pink\n")
     (t / "catalogue.json").write_text('{"uid": "precious"}\n')
+    (t / "mixed.jsonl").write_text('{"question": "q", "answer": "a"}\nPRECIOUS\n')
 
 
 def toml(text: bytes):
@@ -205,6 +207,12 @@ CASES = [
      "--tokenizer must name a tokenizer"),
     ("bench etl: --workdir is a file", ["bench", "etl", "--workdir", "{world}/questions.txt/x", "--lines", "10"], None,
      "a file stands where a folder is needed"),
+    ("etl: UTF-32 input", ["etl", "{tmp}/u32.json", "--out", "{tmp}/o"],
+     lambda w, t: (t / "u32.json").write_bytes(json.dumps(rec()).encode("utf-32")), "is UTF-32 text"),
+    ("etl: UTF-16 inside gzip", ["etl", "{tmp}/u16.json.gz", "--out", "{tmp}/o"],
+     lambda w, t: (t / "u16.json.gz").write_bytes(gzip.compress(json.dumps(rec()).encode("utf-16"))),
+     "is UTF-16 text"),
+    ("etl: a terminal escape in a path", ["etl", "{tmp}/\x1b[31mred.json", "--out", "{tmp}/o"], None, "\\x1b[31mred"),
     ("etl: config endless", ["etl", "{world}/trn.json", "--out", "{tmp}/o", "--config", "/dev/zero"], None,
      "larger than 1 MB"),
     ("etl: TOML nested 5,000 deep", ["etl", "{world}/trn.json", "--out", "{tmp}/o", "--config", "{tmp}/c.toml"],
@@ -366,6 +374,8 @@ CASES = [
                    edit_json(t / "final" / "shardtune.json", lambda d: d.update(template=5))), "is damaged (template"),
     ("generate: --output is someone's file", ["generate", RUN + "/final", "--input", "{tmp}/q.txt", "--output",
                                               "{tmp}/catalogue.json"], foreign_output, "add --force"),
+    ("generate: --output answers then someone's lines", ["generate", RUN + "/final", "--input", "{tmp}/q.txt", "--output",
+                                                         "{tmp}/mixed.jsonl"], foreign_output, "add --force"),
     ("generate: --temperature 1e-300", ["generate", RUN + "/final", "q", "--temperature", "1e-300"], None,
      "--temperature must be 0 (greedy) or at least 0.01"),
     ("generate: --repetition-penalty 1e-300", ["generate", RUN + "/final", "q", "--repetition-penalty", "1e-300"], None,

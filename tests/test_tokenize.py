@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from conftest import etl_folder, rec
+from conftest import etl_folder, rec, synth_tokens
 from shardtune.cli import main
 from shardtune.errors import UserError
 from shardtune.manifest import TokenShard, TokensManifest
@@ -131,6 +131,17 @@ def test_a_second_run_on_unchanged_input_skips_the_work(tmp_path, capsys):
     assert shard.stat().st_mtime_ns == before and "up to date" in capsys.readouterr().err
     run_tokenize(clean, tmp_path / "tok", TokenizeConfig(max_length=64))  # a changed option redoes it
     assert TokensManifest.read(tmp_path / "tok").max_length == 64
+
+
+def test_token_shards_are_checked_against_the_counts_of_their_manifest(tmp_path):
+    tokens = synth_tokens(tmp_path, 300, seed=5)
+    m = TokensManifest.read(tokens)
+    paths, counts = m.shard_paths(tokens, "train"), m.shard_counts("train")
+    assert len(TokenShards(paths, counts)) == m.splits["train"].examples
+    (examples, n), *rest = counts
+    for wrong in ((examples + 1, n), (examples, n - 1)):  # a shard swapped for another of as many examples
+        with pytest.raises(UserError, match="where its manifest says"):
+            TokenShards(paths, [wrong, *rest])
 
 
 def test_a_template_with_literal_braces_means_what_format_means():

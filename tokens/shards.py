@@ -93,13 +93,13 @@ class TokenShards:
     page cache, so memory does not grow with the dataset.
     """
 
-    def __init__(self, files: list[Path], examples: list[int] | None = None) -> None:
-        """`examples`: each file's count of examples as its manifest records it, checked."""
+    def __init__(self, files: list[Path], counts: list[tuple[int, int]] | None = None) -> None:
+        """`counts`: each file's (examples, tokens) as its manifest records them, checked."""
         self._values: list[np.ndarray] = []
         self._offsets: list[np.ndarray] = []
         self._prompt: list[np.ndarray] = []
         for k, path in enumerate(files):
-            rows = 0
+            rows = tokens = 0
             try:
                 with pa.ipc.open_stream(pa.memory_map(str(path), "r")) as reader:
                     if reader.schema.names != ["input_ids", "prompt_len"]:
@@ -109,13 +109,13 @@ class TokenShards:
                         self._values.append(ids.values.to_numpy(zero_copy_only=True))
                         self._offsets.append(ids.offsets.to_numpy(zero_copy_only=True))
                         self._prompt.append(batch.column(1).to_numpy(zero_copy_only=True))
-                        rows += len(batch)
+                        rows, tokens = rows + len(batch), tokens + len(self._values[-1])
             except (pa.ArrowException, OSError, AttributeError) as e:  # AttributeError: columns of another type
                 why = (str(e).splitlines() or [type(e).__name__])[0][:200]
                 raise UserError(f"{path} is not a shardtune token shard ({why}); re-run shardtune tokenize") from None
-            if examples is not None and rows != examples[k]:
-                raise UserError(f"token shard {path} holds {rows:,} examples where its manifest says {examples[k]:,}; "
-                                "re-run shardtune tokenize")
+            if counts is not None and (rows, tokens) != tuple(counts[k]):
+                raise UserError(f"token shard {path} holds {rows:,} examples and {tokens:,} tokens where its manifest "
+                                f"says {counts[k][0]:,} and {counts[k][1]:,}; re-run shardtune tokenize")
         counts = np.array([len(p) for p in self._prompt], dtype=np.int64)
         self._starts = np.concatenate([[0], np.cumsum(counts)])
         self.lengths = np.concatenate([np.diff(o) for o in self._offsets]) if self._offsets else np.zeros(0, np.int32)

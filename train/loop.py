@@ -105,7 +105,7 @@ class Trainer:
         self.manifest = TokensManifest.read(tokens_dir)
         self.manifest.verify(tokens_dir)
         shards = lambda split: TokenShards(self.manifest.shard_paths(tokens_dir, split),  # noqa: E731
-                                           self.manifest.shard_examples(split))
+                                           self.manifest.shard_counts(split))
         self.train_data, self.val_data = shards("train"), shards("val")
         if len(self.train_data) == 0:
             raise UserError(f"{tokens_dir} holds no training examples")
