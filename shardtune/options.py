@@ -27,6 +27,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from .errors import UserError
+from .files import read_small_file
 
 C = TypeVar("C", bound="Config")
 
@@ -121,8 +122,6 @@ class Config:
 
 
 def read_toml(path: Path) -> dict[str, Any]:
-    from .files import read_small_file
-
     try:
         text = read_small_file(path, "config file").decode("utf-8")
         return tomllib.loads(text.removeprefix("\ufeff"))  # a byte-order mark (Windows editors) is no TOML

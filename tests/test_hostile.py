@@ -381,6 +381,9 @@ CASES = [
     ("generate: --repetition-penalty 1e-300", ["generate", RUN + "/final", "q", "--repetition-penalty", "1e-300"], None,
      "--repetition-penalty must be"),
     ("generate: --seed past 32 bits", ["generate", RUN + "/final", "q", "--seed", str(10**26)], None, "--seed must be"),
+    ("eval: --seed past 32 bits", ["eval", "--base", "tiny", "--tuned", "x", "--data", TOKENS, "--seed", str(10**26)],
+     None, "--seed must be"),
+    ("synth: --seed past 32 bits", ["synth", "{tmp}/s.json", "--seed", str(2**32)], None, "--seed must be"),
     ("generate: empty question", ["generate", RUN + "/final", "  "], None, "question is empty"),
     # eval
     ("eval: no token folder", ["eval", "--base", "tiny", "--tuned", RUN + "/final", "--data", "{tmp}/none", "--out",

@@ -93,8 +93,8 @@ class TokenShards:
     page cache, so memory does not grow with the dataset.
     """
 
-    def __init__(self, files: list[Path], counts: list[tuple[int, int]] | None = None) -> None:
-        """`counts`: each file's (examples, tokens) as its manifest records them, checked."""
+    def __init__(self, files: list[Path], expected: list[tuple[int, int]] | None = None) -> None:
+        """`expected`: each file's (examples, tokens) as its manifest records them, checked."""
         self._values: list[np.ndarray] = []
         self._offsets: list[np.ndarray] = []
         self._prompt: list[np.ndarray] = []
@@ -113,9 +113,9 @@ class TokenShards:
             except (pa.ArrowException, OSError, AttributeError) as e:  # AttributeError: columns of another type
                 why = (str(e).splitlines() or [type(e).__name__])[0][:200]
                 raise UserError(f"{path} is not a shardtune token shard ({why}); re-run shardtune tokenize") from None
-            if counts is not None and (rows, tokens) != tuple(counts[k]):
+            if expected is not None and (rows, tokens) != tuple(expected[k]):
                 raise UserError(f"token shard {path} holds {rows:,} examples and {tokens:,} tokens where its manifest "
-                                f"says {counts[k][0]:,} and {counts[k][1]:,}; re-run shardtune tokenize")
+                                f"says {expected[k][0]:,} and {expected[k][1]:,}; re-run shardtune tokenize")
         counts = np.array([len(p) for p in self._prompt], dtype=np.int64)
         self._starts = np.concatenate([[0], np.cumsum(counts)])
         self.lengths = np.concatenate([np.diff(o) for o in self._offsets]) if self._offsets else np.zeros(0, np.int32)

@@ -232,7 +232,7 @@ class Trainer:
 
     def _check_something_to_learn(self) -> None:
         """Refuse a --max-length that cuts every example before its answer (nothing to learn, a
-        validation loss of 0/0)."""
+        validation loss of 0/0). Counts the predicted positions as `collate` makes them."""
         c = self.config
         for name, data in (("training", self.train_data), ("validation", self.val_data)):
             if not len(data):
@@ -398,9 +398,10 @@ class Trainer:
     def _final_eval(self) -> dict:
         """The evaluation at the last step; a finished run resumed has it logged already (evaluation
         is deterministic), and logging it again would repeat a step in metrics.jsonl and TensorBoard."""
-        logged = [e for e in self.metrics.read("eval") if e["step"] == self.state.step and e.get("val_loss") is not None]
-        if logged and self.state.step == self.total_steps:
-            return logged[-1]
+        if self.state.step == self.total_steps:
+            logged = [e for e in self.metrics.read("eval") if e["step"] == self.state.step and e.get("val_loss") is not None]
+            if logged:
+                return logged[-1]
         final_eval = {"type": "eval", "step": self.state.step, **self.evaluate()}
         self._record(final_eval)
         return final_eval
