@@ -15,7 +15,7 @@ import re
 import sys
 
 from . import __version__
-from .errors import UserError, first_line
+from .errors import UserError, first_line, one_line
 
 COMMANDS = ("synth", "etl", "tokenize", "train", "plan", "generate", "eval", "demo", "convert", "bench")
 
@@ -66,9 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def fail(message, code: int = 2) -> int:
-        # one line of plain text, whatever a path in it holds (a newline, a terminal escape): escaped
-        text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in str(message))
-        print(f"shardtune {args.command}: error: {text}", file=sys.stderr)
+        print(f"shardtune {args.command}: error: {one_line(message)}", file=sys.stderr)
         return code
 
     try:

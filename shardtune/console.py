@@ -15,12 +15,21 @@ from typing import Iterator
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from shardtune.errors import one_line
+
 console = Console(stderr=True, highlight=False)
 
 
 def log(message: str) -> None:
-    """One status line on stderr (stdout stays clean for data such as answers)."""
-    console.print(message, markup=False, soft_wrap=True)
+    """One status line on stderr (stdout stays clean for data such as answers); a newline
+    or an escape inside it (a path, a model's answer) is shown escaped, never obeyed."""
+    console.print(one_line(message), markup=False, soft_wrap=True)
+
+
+def say(message: str) -> None:
+    """A command's result line on stdout (what it made and where), one line like `log`'s.
+    Data (generate's answers) is printed as it is."""
+    print(one_line(message))
 
 
 def is_interactive() -> bool:

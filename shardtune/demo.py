@@ -100,7 +100,8 @@ def _demo(out: Path, inputs: list[Path] | None, config: DemoConfig, sample: Path
     answerer = Answerer.load(str(out / "run" / "final"))
     for sample in report["samples"][:3]:
         reply = answerer.answer([sample["question"]], GenerateConfig(max_new_tokens=48, temperature=0.0))[0]
-        log(f"demo: Q: {sample['question']}\n      A: {reply['answer']}")
+        log(f"demo: Q: {sample['question']}")
+        log(f"demo: A: {reply['answer']}")
     total = sum(timings.values())
     log("demo: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + f"; total {total:.0f} s")
     log(f"demo: everything is under {out}: clean/ (Parquet), tokens/ (Arrow), run/final (the model), "

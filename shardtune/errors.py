@@ -10,6 +10,12 @@ class UserError(Exception):
     exit_code = 2
 
 
+def one_line(message: object) -> str:
+    """`message` as one line of plain text, whatever a path in it holds (a newline, a
+    terminal escape): each character that does not print is written as its escape."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in str(message))
+
+
 def first_line(e: BaseException) -> str:
     """The first line of an exception's message (libraries raise pages), or its type if it has none."""
     text = str(e).strip()

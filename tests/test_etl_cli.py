@@ -108,6 +108,14 @@ def test_synth_is_deterministic_and_carries_the_catalogue_quirks(tmp_path):
     assert 600 < sum(len(line) for line in lines) / len(lines) < 1100  # the real file: ~840 bytes a line
 
 
+def test_a_status_line_shows_a_newline_in_a_path_escaped_on_one_line(tmp_path):
+    write_lines(tmp_path / "in.json", [rec(uid=str(i)) for i in range(5)])
+    result = shardtune("etl", tmp_path / "in.json", "--out", tmp_path / "two\nlines")
+    assert result.returncode == 0, result.stderr
+    summary = [line for line in result.stdout.splitlines() if "5 lines:" in line]
+    assert len(summary) == 1 and summary[0].endswith("two\\nlines"), result.stderr
+
+
 def test_synth_command_writes_malformed_lines_on_request(tmp_path):
     result = shardtune("synth", tmp_path / "s.json.gz", "--lines", 2000, "--malformed-rate", 0.05)
     assert result.returncode == 0, result.stderr

@@ -24,8 +24,10 @@ def add_parser(sub) -> None:
 
 
 def run(args, config) -> int:
+    from shardtune.console import say
+
     from shardtune.models.gguf import convert_gguf
 
     out = convert_gguf(args.source, args.out)
-    print(f"{args.source} -> {out} (a Hugging Face model folder)")
+    say(f"{args.source} -> {out} (a Hugging Face model folder)")
     return 0

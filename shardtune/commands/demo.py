@@ -17,8 +17,10 @@ def add_parser(sub) -> None:
 
 
 def run(args, config) -> int:
+    from shardtune.console import say
+
     from shardtune.demo import run_demo
 
     run_demo(args.out, args.input, config)
-    print(f"demo finished; everything is under {args.out}; the report is {args.out / 'eval' / 'report.md'}")
+    say(f"demo finished; everything is under {args.out}; the report is {args.out / 'eval' / 'report.md'}")
     return 0

@@ -25,7 +25,34 @@ def run(args, config) -> int:
     if args.out.is_file() and not config.force:
         raise UserError(f"{args.out} exists (perhaps real data); choose another name, or add --force to replace it")
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    _check_room(args.out, config)
     size = write_synth(args.out, config.lines, config.seed, config.malformed_rate, config.profile)
     # a status line, so on stderr: OUT may be /dev/stdout
     log(f"wrote {config.lines:,} lines ({size / 1e6:,.1f} MB, {config.profile} profile) to {args.out}")
     return 0
+
+
+def _check_room(out: Path, config) -> None:
+    """Refuse a --lines that cannot fit before writing any of it: a run that fills the disk
+    fails only at the end, and leaves the disk full meanwhile. The size per line is measured
+    on the first lines the seed writes (compressed, for .gz), with a margin for the mix."""
+    import gzip
+    import shutil
+    from itertools import islice
+
+    from shardtune.data.synth import synth_lines
+    from shardtune.errors import UserError
+
+    if out.exists() and not out.is_file():
+        return  # a device or a pipe (/dev/stdout): the reader decides how much it takes
+    sample = b"\n".join(islice(synth_lines(config.lines, config.seed, config.malformed_rate, config.profile), 2_000))
+    if not sample:
+        return
+    sampled = min(config.lines, 2_000)
+    per_line = (len(gzip.compress(sample, mtime=0)) if out.suffix == ".gz" else len(sample) + sampled) / sampled
+    needed = per_line * config.lines * 1.1
+    free = shutil.disk_usage(out.parent).free
+    if needed > free:
+        fits = int(free / (per_line * 1.1))
+        raise UserError(f"--lines {config.lines:,} would write about {needed / 1e9:,.1f} GB and {out.parent} has "
+                        f"{free / 1e9:,.1f} GB free; give --lines {fits:,} or fewer, or write elsewhere")
