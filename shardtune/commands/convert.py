@@ -25,7 +25,6 @@ def add_parser(sub) -> None:
 
 def run(args, config) -> int:
     from shardtune.console import say
-
     from shardtune.models.gguf import convert_gguf
 
     out = convert_gguf(args.source, args.out)

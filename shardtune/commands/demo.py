@@ -18,7 +18,6 @@ def add_parser(sub) -> None:
 
 def run(args, config) -> int:
     from shardtune.console import say
-
     from shardtune.demo import run_demo
 
     run_demo(args.out, args.input, config)

@@ -19,12 +19,11 @@ def add_parser(sub) -> None:
 
 def run(args, config) -> int:
     from shardtune.console import say
-
     from shardtune.etl.pipeline import run_etl
 
     manifest = run_etl(args.inputs, args.out, config)
     dropped = ", ".join(f"{k} {v:,}" for k, v in manifest.dropped.items() if v)
     say(f"{manifest.lines_read:,} lines: {manifest.records_kept:,} kept in {len(manifest.shards)} shard(s), "
-          f"{sum(manifest.dropped.values()):,} dropped ({dropped or 'none'}), {manifest.malformed:,} malformed "
-          f"-> {args.out}")
+        f"{sum(manifest.dropped.values()):,} dropped ({dropped or 'none'}), {manifest.malformed:,} malformed "
+        f"-> {args.out}")
     return 0

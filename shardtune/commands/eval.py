@@ -21,7 +21,6 @@ def add_parser(sub) -> None:
 
 def run(args, config) -> int:
     from shardtune.console import say
-
     from shardtune.infer.evaluate import run_eval
 
     run_eval(args.base, args.tuned, args.data, args.out, config)

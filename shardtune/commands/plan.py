@@ -15,9 +15,8 @@ def add_parser(sub) -> None:
 
 
 def run(args, config: PlanConfig) -> int:
-    from shardtune.console import say
-
     from shardtune.benchmarks.common import print_table
+    from shardtune.console import say
     from shardtune.train.plan import MARGIN, RESERVED_MB, best, default_card, fits, options
 
     card = config.card or default_card(config.vram)
@@ -36,7 +35,7 @@ def run(args, config: PlanConfig) -> int:
         say(f"nothing fits {config.vram:g} GB; try a shorter --max-length or a smaller model")
         return 1
     say(f"fastest that fits: {choice.technique}{' with checkpointing' if choice.checkpointing else ''}, "
-          f"micro-batch {choice.micro_batch} x {choice.grad_accum}, {choice.peak_mb:,.0f} MB, "
-          f"{choice.tokens_per_s[card]:,.0f} tokens/s on an {card}")
+        f"micro-batch {choice.micro_batch} x {choice.grad_accum}, {choice.peak_mb:,.0f} MB, "
+        f"{choice.tokens_per_s[card]:,.0f} tokens/s on an {card}")
     say("shardtune train TOKENS --out RUN --model " + config.model + " " + " ".join(choice.flags(config.lora_r)))
     return 0

@@ -22,7 +22,6 @@ def add_parser(sub) -> None:
 
 def run(args, config) -> int:
     from shardtune.console import say
-
     from shardtune.files import read_small_file
     from shardtune.tokens.tokenize import run_tokenize
 
@@ -34,6 +33,6 @@ def run(args, config) -> int:
     m = run_tokenize(args.parquet_dir, args.out, config)
     tr, va = m.splits["train"], m.splits["val"]
     say(f"{tr.examples:,} train / {va.examples:,} val examples, {tr.tokens + va.tokens:,} tokens "
-          f"({m.dtype}, {m.tokenizer_backend}); truncated {tr.truncated + va.truncated:,}, "
-          f"dropped {m.dropped_prompt_too_long:,} -> {args.out}")
+        f"({m.dtype}, {m.tokenizer_backend}); truncated {tr.truncated + va.truncated:,}, "
+        f"dropped {m.dropped_prompt_too_long:,} -> {args.out}")
     return 0
