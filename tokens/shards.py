@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from shardtune.errors import UserError
+from shardtune.errors import UserError, first_line
 from shardtune.files import RollingShardWriter, file_crc32
 from shardtune.manifest import TokenShard
 
@@ -111,7 +111,7 @@ class TokenShards:
                         self._prompt.append(batch.column(1).to_numpy(zero_copy_only=True))
                         rows, tokens = rows + len(batch), tokens + len(self._values[-1])
             except (pa.ArrowException, OSError, AttributeError) as e:  # AttributeError: columns of another type
-                why = (str(e).splitlines() or [type(e).__name__])[0][:200]
+                why = first_line(e)[:200]
                 raise UserError(f"{path} is not a shardtune token shard ({why}); re-run shardtune tokenize") from None
             if expected is not None and (rows, tokens) != tuple(expected[k]):
                 raise UserError(f"token shard {path} holds {rows:,} examples and {tokens:,} tokens where its manifest "

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from shardtune import __version__
 from shardtune.console import log, meter
-from shardtune.errors import UserError
+from shardtune.errors import UserError, first_line
 from shardtune.files import check_output_dir, inside, locked, prepare_output_dir
 from shardtune.manifest import MANIFEST, EtlManifest, SplitStats, TokensManifest
 from shardtune.template import PromptTemplate
@@ -68,7 +68,7 @@ def _row_batches(parquet_dir: Path, etl: EtlManifest, batch_examples: int):
             for batch in batches:
                 yield batch.column(0).to_pylist(), batch.column(1).to_pylist()
         except pa.ArrowException as e:  # its size and checksum matched the manifest: a file written over by hand
-            why = (str(e).splitlines() or [type(e).__name__])[0][:200]
+            why = first_line(e)[:200]
             raise UserError(f"{path} is not a shardtune ETL shard ({why}); re-run shardtune etl") from None
 
 

@@ -87,7 +87,7 @@ def convert_gguf(source: Path, out: Path) -> Path:
             loaded = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
         except (OSError, ValueError, KeyError, RuntimeError, IndexError, TypeError, struct.error) as e:
             # a truncated or forged file fails wherever gguf's parser stops: all are "not readable"
-            raise UserError(f"cannot read {source} as a GGUF model: {first_line(e) or type(e).__name__}") from None
+            raise UserError(f"cannot read {source} as a GGUF model: {first_line(e)}") from None
     config = loaded.config
     if hasattr(config, "quantization_config"):  # the weights are dequantized: a plain fp32 model now
         del config.quantization_config
