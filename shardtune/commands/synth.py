@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from shardtune.data.synth import SynthConfig
+from shardtune.errors import UserError
 from shardtune.options import add_command
 
 
@@ -18,7 +19,6 @@ def add_parser(sub) -> None:
 def run(args, config) -> int:
     from shardtune.console import log
     from shardtune.data.synth import write_synth
-    from shardtune.errors import UserError
 
     if args.out.is_dir():
         raise UserError(f"OUT {args.out} is a folder; give a file name")
@@ -41,7 +41,6 @@ def _check_room(out: Path, config) -> None:
     from itertools import islice
 
     from shardtune.data.synth import synth_lines
-    from shardtune.errors import UserError
 
     if out.exists() and not out.is_file():
         return  # a device or a pipe (/dev/stdout): the reader decides how much it takes
