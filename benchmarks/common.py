@@ -121,15 +121,16 @@ def run_measured(args: list[str], env: dict | None = None) -> Measured:
 
 def print_table(title: str, columns: list[str], rows: list[list[str]], note: str = "") -> None:
     """A rich table on stdout (progress and logs go to stderr); the first column left-aligned."""
-    from rich.console import Console
     from rich.table import Table
+
+    from shardtune.console import TableConsole
 
     table = Table(title=title)
     for i, col in enumerate(columns):
         table.add_column(col, justify="left" if i == 0 else "right")
     for row in rows:
         table.add_row(*row)
-    out = Console(width=140)
+    out = TableConsole(width=140)
     out.print(table)
     if note:
         out.print(note)

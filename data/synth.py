@@ -27,7 +27,7 @@ from shardtune.options import Config, option
 class SynthConfig(Config):
     SECTION = "synth"
 
-    lines: int = option(10_000, "lines to write", min=0)
+    lines: int = option(10_000, "lines to write", min=0, max=10**15)
     seed: int = option(0, "random seed: the same seed writes the same file", min=0, max=2**32 - 1)
     malformed_rate: float = option(0.0, "share of lines made malformed, to exercise error handling", min=0, max=1,
                                    metavar="P")

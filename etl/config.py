@@ -41,3 +41,6 @@ class EtlConfig(Config):
             value = getattr(self, name)
             if not value or any(not part for part in value.split(".")):
                 raise UserError(f"--{name.replace('_', '-')} must be a key, or keys joined by dots (got {value!r})")
+            if any(c in '"\\' or ord(c) < 32 for c in value):  # msgspec cannot match such keys
+                raise UserError(f"--{name.replace('_', '-')} {value!r} holds a quote, a backslash or a control "
+                                "character, which shardtune cannot match as a key; rename that key in the data")

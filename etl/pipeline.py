@@ -148,11 +148,13 @@ class EtlRun:
         self.lines = self.kept = self.malformed = 0
 
     def quarantine(self, info: InputFile, batch: Batch, rejects: IO[str]) -> None:
-        """Count the batch's lines and write its malformed ones to rejects.jsonl."""
+        """Count the batch's lines and write its malformed ones, blank lines apart, to rejects.jsonl."""
         for m in batch.malformed:
+            self.malformed_kinds[m.kind] = self.malformed_kinds.get(m.kind, 0) + 1
+            if m.kind == "blank_line":  # holds nothing to audit: counted only (a file of newlines made GBs)
+                continue
             rejects.write(json.dumps({"file": info.path, "line": m.line, "kind": m.kind, "reason": m.detail,
                                       "raw": m.raw.decode("utf-8", "backslashreplace")}, ensure_ascii=False) + "\n")
-            self.malformed_kinds[m.kind] = self.malformed_kinds.get(m.kind, 0) + 1
         info.lines_read += batch.lines
         info.malformed += len(batch.malformed)
         self.lines += batch.lines

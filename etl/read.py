@@ -33,6 +33,7 @@ import ijson
 import msgspec
 
 from shardtune.errors import UserError
+from shardtune.files import wide_encoding
 
 from .fields import Fields, Schema
 from .fields import schema as record_schema
@@ -102,22 +103,6 @@ class Block:
         return lines
 
 
-def _wide_encoding(head: bytes) -> str | None:
-    """UTF-32 or UTF-16 (for iconv's -f), from the first four bytes; None for anything else.
-    With a byte-order mark that is the mark. Without one, JSON text starts with two ASCII
-    characters (`{"`, `[{`, whitespace), so the zero bytes around them give the width and
-    the order, as RFC 4627 section 3 detects it. UTF-8 text never holds a zero byte there."""
-    if head in (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff"):
-        return "UTF-32"
-    if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
-        return "UTF-16"
-    if len(head) < 4 or b"\x00" not in head:
-        return None
-    zeros = tuple(b == 0 for b in head)
-    return {(True, True, True, False): "UTF-32BE", (False, True, True, True): "UTF-32LE",
-            (True, False, True, False): "UTF-16BE", (False, True, False, True): "UTF-16LE"}.get(zeros)
-
-
 def _classify(err: Exception, line: bytes = b"x") -> tuple[str, str]:
     """(kind, detail) of a decoding error."""
     detail = str(err).split("\n")[0] or type(err).__name__
@@ -162,7 +147,7 @@ class InputReader:
         # truncated end; a larger buffer on top would lose the lines around the break.
         self.stream: BinaryIO = gzip.GzipFile(fileobj=self.raw, mode="rb") if magic == b"\x1f\x8b" else self.raw
         try:
-            encoding = _wide_encoding(self.stream.peek(4)[:4])
+            encoding = wide_encoding(self.stream.peek(4)[:4])
         except (OSError, EOFError, zlib.error):  # a broken compressed stream: the reader quarantines it
             encoding = None
         if encoding:  # every line would be a reject: say what the whole file is

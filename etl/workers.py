@@ -19,9 +19,9 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (mallo
 
 def start(parent: int) -> None:
     """Initializer of each worker process; `parent` is the pid of the process that started it."""
-    from shardtune.workers import die_with_parent
+    from shardtune.workers import start_worker
 
-    die_with_parent(parent)
+    start_worker(parent)
     os.environ["POLARS_MAX_THREADS"] = "1"
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     keep_freed_memory()

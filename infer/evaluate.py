@@ -14,10 +14,9 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from rich.console import Console
 from rich.table import Table
 
-from shardtune.console import log
+from shardtune.console import TableConsole, log
 from shardtune.errors import UserError
 from shardtune.files import atomic_open, check_output_dir, locked, prepare_output_dir, write_json
 from shardtune.models import looks_like_path
@@ -183,7 +182,7 @@ def _print_headline(results: dict) -> None:
         table.add_column(col, justify="left" if col == "metric" else "right")
     for row in _headline_rows(results):
         table.add_row(*row)
-    Console().print(table)
+    TableConsole().print(table)
 
 
 def _write_markdown(path: Path, report: dict, curve: Path | None) -> None:

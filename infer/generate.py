@@ -16,6 +16,7 @@ import torch
 
 from shardtune.console import log, meter
 from shardtune.errors import UserError
+from shardtune.files import wide_encoding
 from shardtune.template import PromptTemplate
 
 from .config import GenerateConfig
@@ -113,6 +114,10 @@ def questions_in(path: Path) -> Iterator[str | None]:
     except IsADirectoryError:
         raise UserError(f"--input {path} is a folder; give a file of questions") from None
     with f:
+        encoding = wide_encoding(f.peek(4)[:4])
+        if encoding:  # every line would be unusable: say what the whole file is
+            raise UserError(f"--input {path} is {encoding} text; convert it to UTF-8 first "
+                            f"(iconv -f {encoding} -t UTF-8 ...)")
         for raw in _raw_lines(f):
             try:
                 line = raw.decode("utf-8").strip() if raw is not None else None
@@ -128,7 +133,17 @@ def questions_in(path: Path) -> Iterator[str | None]:
                 title = record.get("title") or record.get("question") if isinstance(record, dict) else None
             except (ValueError, RecursionError):
                 title = None
-            yield title.strip() if isinstance(title, str) and title.strip() else None
+            usable = isinstance(title, str) and title.strip() and _is_text(title)
+            yield title.strip() if usable else None
+
+
+def _is_text(s: str) -> bool:
+    """Whether a decoded JSON string is text: an escaped lone surrogate ("\\ud800") is not."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_output(src: Path, dst: Path, force: bool = False) -> None:

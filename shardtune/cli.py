@@ -12,12 +12,23 @@ import argparse
 import importlib
 import os
 import re
+import signal
 import sys
+import threading
 
 from . import __version__
 from .errors import UserError, first_line, one_line
 
 COMMANDS = ("synth", "etl", "tokenize", "train", "plan", "generate", "eval", "demo", "convert", "bench")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, `timeout`, `docker stop`), raised where the program is, so that the same
+    clean-up as Ctrl-C's runs: temporary files removed, the lock released, the last checkpoint kept."""
+
+
+def _terminate(signum, frame):
+    raise Terminated
 
 
 class Parser(argparse.ArgumentParser):
@@ -69,14 +80,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"shardtune {args.command}: error: {one_line(message)}", file=sys.stderr)
         return code
 
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
         return args.run(args)
     except UserError as e:
         return fail(e, e.exit_code)
-    except KeyboardInterrupt:
-        print(f"shardtune {args.command}: interrupted; outputs were left consistent, re-run to finish",
-              file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        print(f"shardtune {args.command}: {'terminated' if isinstance(e, Terminated) else 'interrupted'}; "
+              "outputs were left consistent, re-run to finish", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
     except BrokenPipeError:  # the reader went away (`| head`): quiet, as a shell tool killed by SIGPIPE
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
         return 141
@@ -84,15 +97,25 @@ def main(argv: list[str] | None = None) -> int:
         return fail(describe_os_error(e))
     except MemoryError:
         return fail("out of memory; lower --batch-lines / --batch-size or the number of workers")
+    except RuntimeError as e:
+        if "Symlink loop" not in str(e):  # pathlib's word for a link that leads back to itself
+            return _unexpected(fail, e)
+        return fail(f"{first_line(e)}: a symbolic link leads back to itself; give a path without the loop")
     except Exception as e:  # a bug: one line still, the traceback on request
-        if os.environ.get("SHARDTUNE_DEBUG"):
-            raise
-        code = re.search(r"\(os error (\d+)\)", str(e))  # an OS error inside a native library (safetensors)
-        if code:
-            return fail(describe_os_error(OSError(int(code[1]), os.strerror(int(code[1])))))
-        first = first_line(e)
-        return fail(f"unexpected {type(e).__name__}: {first[:300]} (SHARDTUNE_DEBUG=1 shows the traceback; "
-                    "please report it)", 1)
+        return _unexpected(fail, e)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _unexpected(fail, e: Exception) -> int:
+    if os.environ.get("SHARDTUNE_DEBUG"):
+        raise e
+    code = re.search(r"\(os error (\d+)\)", str(e))  # an OS error inside a native library (safetensors)
+    if code:
+        return fail(describe_os_error(OSError(int(code[1]), os.strerror(int(code[1])))))
+    return fail(f"unexpected {type(e).__name__}: {first_line(e)[:300]} (SHARDTUNE_DEBUG=1 shows the traceback; "
+                "please report it)", 1)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,15 @@ from shardtune.errors import one_line
 console = Console(stderr=True, highlight=False)
 
 
+class TableConsole(Console):
+    """A rich Console for tables on stdout. rich answers a closed pipe (`| head -1`) with a bare
+    exit 1; this one raises BrokenPipeError, which the CLI ends quietly with 141, as a shell tool
+    killed by SIGPIPE would."""
+
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError
+
+
 def log(message: str) -> None:
     """One status line on stderr (stdout stays clean for data such as answers); a newline
     or an escape inside it (a path, a model's answer) is shown escaped, never obeyed."""

@@ -319,3 +319,19 @@ def prepare_output_dir(out: Path, owned: tuple[str, ...], manifest_name: str = "
         entry.unlink()
     if ours:
         fsync_dir(out)
+
+
+def wide_encoding(head: bytes) -> str | None:
+    """UTF-32 or UTF-16 (for iconv's -f), from the first four bytes; None for anything else.
+    With a byte-order mark that is the mark. Without one, JSON text starts with two ASCII
+    characters (`{"`, `[{`, whitespace), so the zero bytes around them give the width and
+    the order, as RFC 4627 section 3 detects it. UTF-8 text never holds a zero byte there."""
+    if head in (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff"):
+        return "UTF-32"
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return "UTF-16"
+    if len(head) < 4 or b"\x00" not in head:
+        return None
+    zeros = tuple(b == 0 for b in head)
+    return {(True, True, True, False): "UTF-32BE", (False, True, True, True): "UTF-32LE",
+            (True, False, True, False): "UTF-16BE", (False, True, False, True): "UTF-16LE"}.get(zeros)

@@ -31,6 +31,10 @@ from .files import read_small_file
 
 C = TypeVar("C", bound="Config")
 
+# The largest whole number any option takes unless its own range says otherwise: more than any
+# count a run can reach, and what every C library's int holds (larger ones overflowed in them).
+MAX_INT = 2**31 - 1
+
 
 def option(default: Any, help: str, *, min: float | None = None, max: float | None = None,
            above: float | None = None, below: float | None = None, choices: tuple[str, ...] | None = None,
@@ -78,6 +82,9 @@ def check_value(name: str, kind: type, meta: dict, value: Any) -> Any:
         raise problem
     if kind in (int, float):
         low, high, above, below = meta.get("min"), meta.get("max"), meta.get("above"), meta.get("below")
+        if kind is int and high is None and abs(value) > MAX_INT:
+            raise UserError(f"{flag(name)} must be {expected or 'a whole number'} and at most {MAX_INT:,} "
+                            f"(got {value!r})")
         if (low is not None and value < low) or (high is not None and value > high) or \
                 (above is not None and value <= above) or (below is not None and value >= below):
             raise problem

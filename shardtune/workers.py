@@ -10,6 +10,18 @@ import sys
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
+def start_worker(parent: int) -> None:
+    """What a pool's worker does first: leave Ctrl-C and SIGTERM to the main process, and end with it.
+
+    A terminal's Ctrl-C (and `timeout`'s SIGTERM) reaches every process of the group. The main
+    process stops the pool and cleans up; a worker interrupted too would print its own traceback,
+    and one interrupted inside the pool's queue can hold its lock for ever, so that the main
+    process's shutdown hangs."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    die_with_parent(parent)
+
+
 def die_with_parent(parent: int) -> None:
     """End this worker when the process that started it (`parent`) ends, however it ends: after a
     kill -9 of the command, a worker would otherwise block for ever sending a result that no one

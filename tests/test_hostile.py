@@ -10,8 +10,10 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -172,6 +174,21 @@ def toml(text: bytes):
 
 
 TOKENS, CLEAN, RUN = "{world}/tokens", "{world}/clean", "{world}/run"
+
+
+def symlink_loop(w, t):
+    (t / "loopA").symlink_to(t / "loopB")
+    (t / "loopB").symlink_to(t / "loopA")
+
+
+def zero_shape_config(w, t):
+    (t / "m").mkdir()
+    (t / "m" / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 0, "vocab_size": 0,
+                                                     "num_hidden_layers": 0, "num_attention_heads": 0}))
+
+
+def utf16_questions(w, t):
+    (t / "q16.jsonl").write_bytes('{"title": "Red Hoodie"}\n'.encode("utf-16"))
 CASES = [
     # etl
     ("etl: missing input", ["etl", "{tmp}/nope.json", "--out", "{tmp}/out"], None, "input file not found"),
@@ -429,6 +446,28 @@ CASES = [
     ("bench fits: --batch-size 0", ["bench", "fits", "--batch-size", "0"], None, "--batch-size must be"),
     ("bench generate: no model", ["bench", "generate", "--model", "{tmp}/none"], None, "no model in"),
     ("unknown command", ["nonsense"], None, "invalid choice"),
+    # the fourth sweep's classes: keys msgspec cannot match, numbers past any C int, links that loop,
+    # an adapter where the loss never looks, a config.json of impossible shapes, UTF-16 questions
+    ("etl: a field key with a quote", ["etl", "{world}/trn.json", "--out", "{tmp}/o", "--title-field", 'ti"tle'],
+     None, "holds a quote, a backslash or a control character"),
+    ("etl: a field key with a tab", ["etl", "{world}/trn.json", "--out", "{tmp}/o", "--id-field", "u\tid"], None,
+     "holds a quote"),
+    ("etl: --min-content-chars past any int", ["etl", "{world}/trn.json", "--out", "{tmp}/o", "--min-content-chars",
+                                               str(10**22)], None, "--min-content-chars must be"),
+    ("etl: --out a symlink loop", ["etl", "{world}/trn.json", "--out", "{tmp}/loopA"], symlink_loop,
+     "leads back to itself"),
+    ("tokenize: --batch-examples past any int", ["tokenize", CLEAN, "--out", "{tmp}/t", "--batch-examples",
+                                                 str(10**22)], None, "--batch-examples must be"),
+    ("train: --max-length past any int", ["train", TOKENS, "--out", "{tmp}/r", "--max-length", str(10**22)], None,
+     "--max-length must be"),
+    ("train: LoRA on the output layer", ["train", TOKENS, "--out", "{tmp}/r", "--model", "tiny", "--lora-r", "4",
+                                         "--lora-targets", "lm_head", "--max-steps", "1"], None,
+     "names the output layer"),
+    ("plan: config.json of zero sizes", ["plan", "--model", "{tmp}/m"], zero_shape_config, "cannot read the config"),
+    ("bench memory: config.json of zero sizes", ["bench", "memory", "--model", "{tmp}/m"], zero_shape_config,
+     "cannot read the config"),
+    ("generate: UTF-16 questions", ["generate", RUN + "/final", "--input", "{tmp}/q16.jsonl", "--output",
+                                    "{tmp}/a.jsonl"], utf16_questions, "is UTF-16 text"),
 ]
 
 
@@ -489,3 +528,23 @@ def test_hostile_input_from_a_pipe_and_stdin(world, tmp_path):
                             input=lines, capture_output=True, env={**os.environ, "SHARDTUNE_PLAIN_LOGS": "1"})
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["records_kept"] == 50
+
+
+@pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+def test_ctrl_c_or_sigterm_to_the_whole_group_ends_etl_in_one_line(tmp_path, sig, code, word):
+    """A terminal's Ctrl-C (and `timeout`'s SIGTERM) reaches the workers too: they leave the clean-up
+    to the main process, which exits in one line and leaves no temporary file."""
+    lines = b"".join(json.dumps(rec(uid=f"u{i}", content=f"Content number {i} is long enough.")).encode() + b"\n"
+                     for i in range(45_000))  # more than a block: the worker pool has started
+    proc = subprocess.Popen([sys.executable, "-m", "shardtune.cli", "etl", "-", "--out", str(tmp_path / "out"),
+                             "--workers", "2"], stdin=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "SHARDTUNE_PLAIN_LOGS": "1"}, start_new_session=True)
+    proc.stdin.write(lines)
+    proc.stdin.flush()  # and left open: etl waits for more
+    time.sleep(4)
+    os.killpg(proc.pid, sig)
+    err = proc.communicate(timeout=60)[1].decode()
+    proc.stdin.close()
+    assert proc.returncode == code, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].endswith("re-run to finish"), err
+    assert word in err and not list((tmp_path / "out").glob("*.tmp")), err

@@ -100,10 +100,10 @@ _worker: tuple[EncodeSpec, Encoder] | None = None
 
 
 def _init_worker(spec: EncodeSpec, parent: int) -> None:
-    from shardtune.workers import die_with_parent
+    from shardtune.workers import start_worker
 
     global _worker
-    die_with_parent(parent)
+    start_worker(parent)
     _worker = (spec, Encoder(spec.tokenizer, fast=spec.fast))
 
 

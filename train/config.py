@@ -24,7 +24,7 @@ class TrainConfig(Config):
     from_scratch: bool = option(False, "fresh weights in the named architecture (offline: required for hub names)",
                                 group=MODEL)
 
-    max_length: int = option(256, "cut longer examples to this many tokens", min=2, group=DATA)
+    max_length: int = option(256, "cut longer examples to this many tokens", min=2, max=1 << 20, group=DATA)
     batch_size: int = option(16, "examples per micro-batch", min=1, group=DATA)
     grad_accum: int = option(1, "micro-batches per optimizer step", min=1, group=DATA)
     loss_on: str = option("answer", "tokens that carry the loss ('prompt+answer' is the seed's)",

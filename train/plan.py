@@ -71,10 +71,17 @@ def model_config(model_name: str):
     if not is_local(model_name):
         hub_reachable()  # offline, this makes transformers look in its cache alone, without retrying the hub
     try:
-        return AutoConfig.from_pretrained(model_name)
-    except (OSError, ValueError) as e:
+        config = AutoConfig.from_pretrained(model_name)
+    except Exception as e:  # a user's file: transformers' own checks raise many types (validation, division)
         raise UserError(f"cannot read the config of {model_name!r} (a preset, or a folder with config.json): "
-                        f"{first_line(e)}") from None
+                        f"{type(e).__name__}: {first_line(e)}") from None
+    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "intermediate_size",
+                "n_embd", "n_layer", "n_head"):
+        value = getattr(config, key, None)
+        if value is not None and (type(value) is not int or not 0 < value < 2**31):
+            raise UserError(f"the config of {model_name!r} has {key} = {value!r}; a model's shape needs whole "
+                            "numbers above 0: fix its config.json")
+    return config
 
 
 class FakeAdamW8bit:

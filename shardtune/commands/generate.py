@@ -36,6 +36,9 @@ def run(args, config) -> int:
             raise UserError(f"input file not found: {args.input}")
         dst = args.output or args.input.with_suffix(".answers.jsonl")
         check_output(args.input, dst, args.force)  # before loading a model
+    if args.input is None and sys.stdout is None:  # started with stdout closed (`>&-`): answers would go nowhere
+        raise UserError("standard output is closed; the answers have nowhere to go: "
+                        "run without `>&-`, or use --input FILE --output FILE")
     answerer = Answerer.load(args.model)
     if args.input is not None:
         answered, skipped = answer_file(answerer, args.input, dst, config, args.force)

@@ -44,6 +44,13 @@ def add_lora(model: Any, r: int, alpha: float, dropout: float, targets: str) -> 
     import peft
 
     names: Any = targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
+    output = model.get_output_embeddings()
+    head = next((name for name, module in model.named_modules() if module is output), None)
+    if head and names != "all-linear" and any(head == t or head.endswith("." + t) for t in names):
+        # peft matches a name or a dotted suffix; the loss never calls this layer's forward (it takes the
+        # weight, chunk by chunk), so an adapter there would get no gradient
+        raise UserError(f"--lora-targets names the output layer ({head}), which the chunked loss computes from "
+                        "its weight alone; adapt the body's layers instead (the default: all-linear)")
     config = peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=names,
                              task_type="CAUSAL_LM")
     try:
