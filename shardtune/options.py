@@ -68,6 +68,8 @@ def _type_name(kind: type) -> str:
 
 def check_value(name: str, kind: type, meta: dict, value: Any) -> Any:
     """The value, validated against its field's type and range (an int is accepted for a float)."""
+    if kind is int and meta.get("max") is None:
+        meta = {**meta, "max": MAX_INT}
     expected = " ".join(filter(None, [_type_name(kind), _range_text(meta)]))
     if meta.get("choices"):
         expected = "one of " + ", ".join(meta["choices"])
@@ -82,9 +84,6 @@ def check_value(name: str, kind: type, meta: dict, value: Any) -> Any:
         raise problem
     if kind in (int, float):
         low, high, above, below = meta.get("min"), meta.get("max"), meta.get("above"), meta.get("below")
-        if kind is int and high is None and abs(value) > MAX_INT:
-            raise UserError(f"{flag(name)} must be {expected or 'a whole number'} and at most {MAX_INT:,} "
-                            f"(got {value!r})")
         if (low is not None and value < low) or (high is not None and value > high) or \
                 (above is not None and value <= above) or (below is not None and value >= below):
             raise problem
