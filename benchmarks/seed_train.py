@@ -140,7 +140,8 @@ def seed_trainer_overhead(model_dir: Path, steps: int = 20) -> tuple[float, floa
 
     run(2)  # warm-up
     short, long = zip(*((run(steps), run(2 * steps)) for _ in range(3)))  # the fastest of three: a shared machine
-    return (long[0][0] - short[0][0]) / steps, (min(t for _, t in long) - min(t for _, t in short)) / steps
+    # At least 0, as loop_seconds: with a few steps (a dry run) the noise of start-up can outweigh them
+    return (long[0][0] - short[0][0]) / steps, max(0.0, min(t for _, t in long) - min(t for _, t in short)) / steps
 
 
 def seed_collate_seconds(batch: int = 16, length: int = 256) -> float:

@@ -19,7 +19,7 @@ from rich.table import Table
 from shardtune.console import TableConsole, log
 from shardtune.errors import UserError
 from shardtune.files import atomic_open, check_output_dir, locked, prepare_output_dir, write_json
-from shardtune.models import looks_like_path
+from shardtune.models import check_model
 from shardtune.manifest import TokensManifest
 from shardtune.template import PromptTemplate
 
@@ -71,9 +71,8 @@ def run_eval(base: str, tuned: str, data: Path, out: Path, config: EvalConfig | 
     manifest.verify(data)
     if manifest.splits["val"].examples == 0:
         raise _no_validation_examples(data, manifest)
-    for name in (base, tuned):
-        if looks_like_path(name) and not Path(name).expanduser().exists():
-            raise UserError(f"model folder not found: {name}")
+    for name in (base, tuned):  # both, before minutes on the first
+        check_model(name)
     check_output_dir(out, REPORT_FILES)  # before any work; its old report is replaced only at the end
     with locked(out, "eval"):
         return _evaluate(base, tuned, data, out, config, manifest)

@@ -45,7 +45,10 @@ class DemoConfig(Config):
 
 
 def run_demo(out: Path, inputs: list[Path] | None = None, config: DemoConfig | None = None) -> dict:
+    from .models import check_model
+
     config = (config or DemoConfig()).check()
+    check_model(config.model)  # before minutes of etl and tokenize
     sample = bundled_sample()
     if not inputs and not sample.exists():
         raise UserError(f"the bundled sample {sample} is missing; pass --input FILE")
@@ -90,6 +93,9 @@ def _demo(out: Path, inputs: list[Path] | None, config: DemoConfig, sample: Path
     tok = stage("tokenize", lambda: run_tokenize(out / "clean", out / "tokens", TokenizeConfig(
         tokenizer=tokenizer_name(model), max_length=MAX_LENGTH, val_fraction=0.1)))
     log(f"demo: {tok.splits['train'].examples:,} train / {tok.splits['val'].examples:,} val examples")
+    if not tok.splits["val"].examples:  # the report compares the models on held-out products: refuse before training
+        raise UserError(f"the input leaves {tok.splits['train'].examples:,} example(s) after cleaning, too few to hold "
+                        "one in ten out for the report; give --input a larger catalogue")
     small = is_fresh_only(model)
     train = stage("train", lambda: run_train(out / "tokens", out / "run", TrainConfig(
         model=model, max_steps=steps, batch_size=8 if small else 16, lr=4e-3 if small else 5e-5,

@@ -187,6 +187,10 @@ def zero_shape_config(w, t):
                                                      "num_hidden_layers": 0, "num_attention_heads": 0}))
 
 
+def one_product(w, t):
+    write_lines(t / "one.json", [rec(uid="a")])
+
+
 def utf16_questions(w, t):
     (t / "q16.jsonl").write_bytes('{"title": "Red Hoodie"}\n'.encode("utf-16"))
 CASES = [
@@ -468,6 +472,21 @@ CASES = [
      "cannot read the config"),
     ("generate: UTF-16 questions", ["generate", RUN + "/final", "--input", "{tmp}/q16.jsonl", "--output",
                                     "{tmp}/a.jsonl"], utf16_questions, "is UTF-16 text"),
+    # options that would be ignored, names that mean the current folder, a check that came too late
+    ("train: an empty --model", ["train", TOKENS, "--out", "{tmp}/r", "--model", " "], None, "model name ' ' is empty"),
+    ("generate: an empty MODEL", ["generate", "", "q"], None, "model name '' is empty"),
+    ("plan: an empty --model", ["plan", "--model", ""], None, "model name '' is empty"),
+    ("demo: an empty --model", ["demo", "--out", "{tmp}/d", "--model", ""], None, "model name '' is empty"),
+    ("train: --lora-targets without --lora-r", ["train", TOKENS, "--out", "{tmp}/r", "--model", "tiny",
+                                                "--lora-targets", "q_proj"], None, "add --lora-r"),
+    ("train: --lora-alpha without --lora-r", ["train", TOKENS, "--out", "{tmp}/r", "--model", "tiny",
+                                              "--lora-alpha", "8"], None, "--lora-alpha shapes LoRA adapters"),
+    ("generate: QUESTION and --input", ["generate", RUN + "/final", "q", "--input", "{world}/questions.txt"], None,
+     "not QUESTION and --input"),
+    ("generate: --output without --input", ["generate", RUN + "/final", "q", "--output", "{tmp}/a.jsonl"], None,
+     "--output goes with --input"),
+    ("demo: an input too small to hold products out", ["demo", "--out", "{tmp}/d", "--input", "{tmp}/one.json",
+                                                       "--steps", "1"], one_product, "too few to hold one in ten out"),
 ]
 
 
@@ -494,6 +513,25 @@ def test_hostile_input_is_one_line_exit_2_and_changes_nothing(world, tmp_path, c
     assert (tmp_path / "run" / "final").exists() == had_final  # a failed run writes no model
     if "important.txt" in str(list(tmp_path.rglob("*"))):
         assert (tmp_path / "mine" / "final" / "important.txt").read_text() == "keep me"
+
+
+def test_eval_checks_both_models_before_it_evaluates_either(world, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    argv = ["eval", "--base", "tiny", "--tuned", str(tmp_path / "empty"), "--data", str(world / "tokens"), "--out",
+            str(tmp_path / "e")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "is not a model folder" in err and "eval: base model" not in err, err  # minutes not spent on the base
+
+
+def test_a_run_without_a_validation_split_says_so_instead_of_nan(world, tmp_path, capsys):
+    assert main(["tokenize", str(world / "clean"), "--out", str(tmp_path / "t"), "--max-length", "64",
+                 "--val-fraction", "0"]) == 0
+    assert main(["train", str(tmp_path / "t"), "--out", str(tmp_path / "r"), "--model", "tiny", "--max-steps", "1",
+                 "--batch-size", "4"]) == 0
+    out, err = capsys.readouterr()
+    assert "1 steps: no validation loss (the token folder has no validation examples)" in out, out
+    assert "nan" not in out + err
 
 
 def test_hostile_input_the_commands_survive(world, tmp_path):

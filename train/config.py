@@ -79,6 +79,14 @@ class TrainConfig(Config):
             raise UserError("give --epochs or --max-steps of at least 1")
         if self.quantize != "none" and self.lora_r == 0:
             raise UserError("--quantize nf4 trains adapters over a 4-bit base: add --lora-r (e.g. 16)")
+        if self.lora_r == 0 and not self.vram:  # --vram may choose LoRA: then they shape its adapters
+            defaults = TrainConfig.__dataclass_fields__
+            shaped = [f"--{name.replace('_', '-')}" for name in ("lora_alpha", "lora_dropout", "lora_targets")
+                      if getattr(self, name) != defaults[name].default]
+            if shaped:
+                raise UserError(f"{', '.join(shaped)} shape{'s' if len(shaped) == 1 else ''} LoRA adapters, which "
+                                "full fine-tuning has none of: add --lora-r (e.g. 16) or leave "
+                                f"{'it' if len(shaped) == 1 else 'them'} out")
 
 
 @dataclass

@@ -24,7 +24,7 @@ from shardtune.console import log, meter
 from shardtune.errors import UserError
 from shardtune.files import LOCK, commit_folder, locked, read_json, tmp_path, write_json
 from shardtune.manifest import RunInfo, TokensManifest
-from shardtune.models import enable_activation_checkpointing, load_model
+from shardtune.models import enable_activation_checkpointing, load_model, require_name
 from shardtune.models.adapters import add_lora, is_peft, merge_adapter, quantize_nf4, unwrap
 from shardtune.tokens.shards import TokenShards
 
@@ -90,6 +90,7 @@ class Counters:
 class Trainer:
     def __init__(self, tokens_dir: Path, run_dir: Path, config: TrainConfig) -> None:
         config = config.check()
+        require_name(config.model)  # before the run folder is made
         if config.vram:
             from .plan import default_card, plan_for
 

@@ -84,10 +84,17 @@ def _json_line(entry: dict) -> str:
     return json.dumps(clean) + "\n"
 
 
+def describe_eval(entry: dict) -> str:
+    """"val loss 2.0500, perplexity 7.77", or why there is none (a split of no examples)."""
+    if not entry.get("val_tokens"):
+        return "no validation loss (the token folder has no validation examples)"
+    return f"val loss {entry['val_loss']:.4f}, perplexity {entry['val_perplexity']:.2f}"
+
+
 def describe(entry: dict) -> str:
     """The log line of one entry."""
     if entry["type"] == "eval":
-        return f"step {entry['step']:>6}: val loss {entry['val_loss']:.4f}, perplexity {entry['val_perplexity']:.2f}"
+        return f"step {entry['step']:>6}: {describe_eval(entry)}"
     return (f"step {entry['step']:>6}: loss {entry['loss']:.4f}, lr {entry['lr']:.2e}, "
             f"{entry['tokens_per_s']:,.0f} tokens/s, padding {entry['padding']:.1%}, "
             f"grad norm {entry['grad_norm']:.2f}, peak memory {entry['peak_memory_mb']:,.0f} MB")

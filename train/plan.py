@@ -63,8 +63,9 @@ def model_config(model_name: str):
 
     from shardtune.errors import UserError, first_line
     from shardtune.hub import hub_reachable, is_local, model_key
-    from shardtune.models import preset_family
+    from shardtune.models import preset_family, require_name
 
+    require_name(model_name)
     family = preset_family(model_name)
     if family is not None and not Path(model_name).exists():
         return family.config(model_key(model_name))

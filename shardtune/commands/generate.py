@@ -31,6 +31,13 @@ def run(args, config) -> int:
 
     if args.question is None and not args.interactive and args.input is None:
         raise UserError("give a QUESTION, --interactive, or --input FILE")
+    modes = [flag for flag, given in (("QUESTION", args.question is not None), ("--interactive", args.interactive),
+                                      ("--input", args.input is not None)) if given]
+    if len(modes) > 1:  # one would be ignored: say so rather than answer only one
+        raise UserError(f"give one of QUESTION, --interactive or --input FILE, not {' and '.join(modes)}")
+    if args.input is None and (args.output is not None or args.force):
+        raise UserError(f"{'--output' if args.output is not None else '--force'} goes with --input FILE, which it writes "
+                        "the answers of")
     if args.input is not None:
         if not args.input.exists():
             raise UserError(f"input file not found: {args.input}")

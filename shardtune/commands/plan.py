@@ -11,7 +11,8 @@ def add_parser(sub) -> None:
                 description="Estimate, without a GPU, the peak GPU memory and the tokens/s on RTX cards of full "
                 "fine-tuning (AdamW or 8-bit AdamW), LoRA and QLoRA, with and without activation checkpointing, "
                 "at micro-batch x accumulation splits that keep the batch; print them and the fastest that fits "
-                "with a safety margin, as a ready `shardtune train` command. `shardtune train --vram N` applies it.")
+                "with a safety margin, as a ready `shardtune train` command. `shardtune train --vram N` applies it. "
+                "Exits 0 with a plan, 1 when nothing fits (so a script can tell), 2 for a mistake in the command.")
 
 
 def run(args, config: PlanConfig) -> int:

@@ -23,9 +23,10 @@ def add_parser(sub) -> None:
 def run(args, config) -> int:
     from shardtune.console import say
     from shardtune.train.loop import run_train
+    from shardtune.train.metrics import describe_eval
 
     result = run_train(args.tokens_dir, args.out, config)
     if int(os.environ.get("RANK", 0)) == 0:  # under torchrun, one summary line
-        say(f"{result['steps']:,} steps: val loss {result['val_loss']:.4f}, perplexity {result['val_perplexity']:.2f}, "
+        say(f"{result['steps']:,} steps: {describe_eval(result)}, "
             f"padding {result['padding']:.1%} -> {args.out / 'final'}")
     return 0

@@ -47,6 +47,13 @@ def tokenizer_name(model: str) -> str:
     return preset_family(model).tokenizer if is_fresh_only(model) else model
 
 
+def require_name(name: str) -> None:
+    """An empty name would mean the current folder (Path("") is "."): refuse it by name."""
+    if not name.strip():
+        raise UserError(f"the model name {name!r} is empty; give a preset (tiny, tiny-llama, distilgpt2, ...), "
+                        "a model folder or a Hugging Face hub name")
+
+
 def looks_like_path(name: str) -> bool:
     """A name that can only be a folder: hub names are "org/model" at most."""
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or name.endswith("/")
@@ -65,14 +72,12 @@ def _load(name: str, from_scratch: bool, vocab_size: int | None, eos_id: int | N
     from transformers import AutoModelForCausalLM
 
     quiet_transformers()
+    require_name(name)
     family = preset_family(name)
     if is_fresh_only(name) or (from_scratch and family is not None and not is_local(name)):
         return family.build(model_key(name), vocab_size, eos_id, prepare=False)
     if is_local(name):
-        if not (Path(name).expanduser() / "config.json").exists() and \
-                not (Path(name).expanduser() / ADAPTER_CONFIG).exists():
-            raise UserError(f"{name} is not a model folder (no config.json); give a run's final/ folder or a "
-                            "Hugging Face model folder")
+        check_model(name)
         try:
             return AutoModelForCausalLM.from_pretrained(Path(name).expanduser())
         except Exception as e:  # a damaged or foreign folder can make the loader raise almost anything
@@ -87,13 +92,40 @@ def _load(name: str, from_scratch: bool, vocab_size: int | None, eos_id: int | N
         try:
             return AutoModelForCausalLM.from_pretrained(name, local_files_only=True)
         except (OSError, ValueError):
-            hint = " or --from-scratch for fresh weights in its architecture" if family is not None else ""
-            raise UserError(f"cannot load model {name!r}: the Hugging Face hub is unreachable and it is not in the "
-                            f"local cache; pass a downloaded model folder{hint}") from None
+            raise _not_cached(name, " or --from-scratch for fresh weights in its architecture" if family else "") from None
     try:
         return AutoModelForCausalLM.from_pretrained(name)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load model {name!r}: {first_line(e)}") from None
+
+
+def check_model(name: str) -> None:
+    """Fail now, in one line, where loading `name` would fail later, reading a config.json at most
+    (never weights): eval checks both of its models before it spends minutes on the first."""
+    require_name(name)
+    if is_fresh_only(name):
+        return
+    folder = Path(name).expanduser()
+    if is_local(name):
+        if not (folder / "config.json").exists() and not (folder / ADAPTER_CONFIG).exists():
+            raise UserError(f"{name} is not a model folder (no config.json); give a run's final/ folder or a "
+                            "Hugging Face model folder")
+        return
+    if looks_like_path(name):
+        raise UserError(f"model folder not found: {name}")
+    from transformers import AutoConfig
+
+    quiet_transformers()
+    online = hub_reachable()
+    try:
+        AutoConfig.from_pretrained(name, local_files_only=not online)
+    except (OSError, ValueError) as e:
+        raise (UserError(f"cannot load model {name!r}: {first_line(e)}") if online else _not_cached(name)) from None
+
+
+def _not_cached(name: str, hint: str = "") -> UserError:
+    return UserError(f"cannot load model {name!r}: the Hugging Face hub is unreachable and it is not in the local "
+                     f"cache; pass a downloaded model folder{hint}")
 
 
 @dataclass
@@ -115,6 +147,7 @@ def load_for_inference(name: str) -> Loaded:
     from shardtune.template import PromptTemplate
     from shardtune.tokens.tokenizer import load_tokenizer
 
+    require_name(name)
     folder = Path(name).expanduser()
     info = RunInfo.read(folder) if is_local(name) and folder.is_dir() else None
     if is_fresh_only(name):
