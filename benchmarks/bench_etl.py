@@ -50,9 +50,9 @@ def bench_etl(config: BenchEtlConfig) -> int:
     from shardtune.errors import UserError
     from shardtune.manifest import EtlManifest
 
-    from .common import machine, print_table, run_measured, synth_input
+    from .common import machine, print_table, run_measured, scratch_dir, synth_input
 
-    workdir = Path(config.workdir)
+    workdir = scratch_dir(config.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     if config.input and not Path(config.input).is_file():
         raise UserError(f"input file not found: {config.input}")

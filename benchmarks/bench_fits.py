@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shardtune.errors import UserError
 from shardtune.options import Config, add_command, option
+from shardtune.train.config import PLAN_MAX_LENGTH
 
 MODELS = "smollm2-135m,smollm2-360m,qwen2.5-0.5b,qwen2.5-1.5b,llama-3.2-1b,tinyllama-1.1b,gpt2-medium,gpt2-large"
 
@@ -17,7 +19,15 @@ class BenchFitsConfig(Config):
 
     models: str = option(MODELS, "comma-separated presets or config folders", metavar="NAMES")
     batch_size: int = option(16, "effective batch", min=1, max=4096)
-    max_length: int = option(256, "tokens per example, every row full", min=8, max=1 << 16)
+    max_length: int = option(256, "tokens per example, every row full", min=8, max=PLAN_MAX_LENGTH)
+
+    def names(self) -> list[str]:
+        return [m.strip() for m in self.models.split(",") if m.strip()]
+
+    def validate(self) -> None:
+        if not self.names():
+            raise UserError(f"--models lists no model (got {self.models!r}); give comma-separated presets or config "
+                            f"folders, e.g. {MODELS.split(',')[0]},tiny")
 
 
 def add_parser(sub) -> None:
@@ -32,7 +42,7 @@ def run(args, config) -> int:
     cards = ("RTX 2060", "RTX 3060", "RTX 4070")
     lines = ["| model | card | technique | checkpointing | micro x accum | est. peak MB | "
              + " | ".join(f"{c} tokens/s" for c in cards) + " |", "|" + " --- |" * (6 + len(cards))]
-    for model in [m.strip() for m in config.models.split(",") if m.strip()]:
+    for model in config.names():
         log(f"bench fits: {model} ...")
         found = options(model, config.batch_size, config.max_length, 6.0)
         for vram, card in ((6.0, "RTX 2060"), (12.0, "RTX 3060")):

@@ -107,14 +107,14 @@ def bench_gpu(config: BenchGpuConfig) -> int:
     from .bench_generate import generate_rows
     from .bench_overhead import loop_seconds, train_command, twin_folder
     from .bench_train import train_ours, train_seed
-    from .common import device_name, markdown_table, print_table, write_report
+    from .common import device_name, markdown_table, print_table, scratch_dir, write_report
     from .seed_train import seed_step, seed_train_step, seed_trainer_overhead
 
     cuda = torch.cuda.is_available()
     if not cuda and not config.dry_run:
         raise UserError("bench gpu needs an NVIDIA GPU; --dry-run runs the same code paths on the CPU")
     model, batch, steps = ("distilgpt2", 16, config.steps) if cuda else ("tiny", 4, 4)
-    workdir = Path(config.workdir)
+    workdir = scratch_dir(config.workdir)
     etl, tokens = prepare_light(workdir, config.lines if cuda else 300)
     mean_real, mean_bucket = _mean_lengths(tokens)
     cap = lambda gb: {"SHARDTUNE_GPU_MEMORY_GB": str(gb)} if gb else None  # noqa: E731

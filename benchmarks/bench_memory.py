@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shardtune.options import Config, add_command, option
+from shardtune.train.config import PLAN_MAX_LENGTH
 
 
 @dataclass
@@ -15,7 +16,7 @@ class BenchMemoryConfig(Config):
 
     model: str = option("distilgpt2", "a preset, or a folder holding config.json", metavar="NAME")
     batch_size: int = option(16, "examples per step (the seed's 16)", min=1, max=4096)
-    max_length: int = option(256, "tokens per example, every row full (the seed's 256)", min=2, max=1 << 16)
+    max_length: int = option(256, "tokens per example, every row full (the seed's 256)", min=2, max=PLAN_MAX_LENGTH)
 
 
 def add_parser(sub) -> None:

@@ -236,10 +236,10 @@ def bench_overhead(config: BenchOverheadConfig) -> int:
     from shardtune.train.steptime import CARDS, calibrate, device_seconds, host_seconds, shardtune_step, \
         step_seconds, trace_step
 
-    from .common import machine, print_table
+    from .common import machine, print_table, scratch_dir
     from .seed_train import seed_collate_seconds, seed_train_step, seed_trainer_overhead
 
-    workdir = Path(config.workdir)
+    workdir = scratch_dir(config.workdir)
     tokens = prepare_data(workdir, config.lines)
     manifest = TokensManifest.read(tokens)
     lengths = np.minimum(TokenShards(manifest.shard_paths(tokens, "train")).lengths, 256)

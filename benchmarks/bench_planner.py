@@ -124,12 +124,12 @@ def bench_planner(config: BenchPlannerConfig) -> int:
     from shardtune.train.plan import MARGIN, RESERVED_MB, best, default_card, measure, options
     from shardtune.train.steptime import card_named
 
-    from .common import device_name, markdown_table, print_table, run_measured, write_report
+    from .common import device_name, markdown_table, print_table, run_measured, scratch_dir, write_report
 
     cuda = torch.cuda.is_available()
     if not cuda and not config.dry_run:
         raise UserError("bench planner needs an NVIDIA GPU; --dry-run runs the same code paths on the CPU")
-    workdir = Path(config.workdir)
+    workdir = scratch_dir(config.workdir)
     tokens = full_rows(workdir, 400 if cuda else 48)
     batch, length = (16, 256) if cuda else (4, 64)
     card = card_named(torch.cuda.get_device_name(0)) if cuda else None

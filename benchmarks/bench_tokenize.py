@@ -64,9 +64,9 @@ def bench_tokenize(config: BenchTokenizeConfig) -> int:
     from shardtune.console import log
     from shardtune.manifest import TokensManifest
 
-    from .common import machine, print_table, run_measured, synth_input
+    from .common import machine, print_table, run_measured, scratch_dir, synth_input
 
-    workdir = Path(config.workdir)
+    workdir = scratch_dir(config.workdir)
     src = synth_input(workdir, config.lines, 0.0)
     etl_dir = workdir / "etl"
     if not (etl_dir / "manifest.json").exists():

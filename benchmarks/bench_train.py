@@ -83,12 +83,12 @@ def bench_train(config: BenchTrainConfig) -> int:
 
     from shardtune.console import log
 
-    from .common import device_name, print_table, run_measured, synth_input
+    from .common import device_name, print_table, run_measured, scratch_dir, synth_input
 
     cuda = torch.cuda.is_available()
     model = config.model or ("distilgpt2" if cuda else "tiny")
     steps = config.steps or (200 if cuda else 40)
-    batch_size, workdir = config.batch_size, Path(config.workdir)
+    batch_size, workdir = config.batch_size, scratch_dir(config.workdir)
     tokens, etl_dir = workdir / "tokens", workdir / "etl"
     if not (tokens / "manifest.json").exists():
         src = synth_input(workdir, config.lines, 0.0)

@@ -42,6 +42,33 @@ def sync_device() -> None:
         torch.cuda.synchronize()
 
 
+SCRATCH_MARK = ".shardtune-bench"
+
+
+def scratch_dir(workdir: str) -> Path:
+    """A benchmark's --workdir: new, empty, or an earlier benchmark's (it holds SCRATCH_MARK). Any other
+    folder is refused: the benchmark writes and replaces runs there (a stage's output would be spoilt)."""
+    from shardtune.errors import UserError
+    from shardtune.files import LOCK
+
+    folder = Path(workdir)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--workdir {folder} is a file; give a folder for the benchmark's scratch files")
+    entries = sorted((p.name for p in folder.iterdir() if p.name != LOCK), key=lambda n: (n.startswith("."), n)) \
+        if folder.exists() else []
+    if entries and SCRATCH_MARK not in entries:
+        raise UserError(f"--workdir {folder} holds {entries[0]} and is not an earlier benchmark's folder; give a "
+                        "new or empty folder (a benchmark writes and replaces runs there)")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / SCRATCH_MARK).write_text("Scratch of `shardtune bench`; safe to delete.\n")
+    except NotADirectoryError:
+        raise  # a file on the path: the CLI says so for every command alike
+    except OSError as e:
+        raise UserError(f"cannot write to --workdir {folder}: {e.strerror or e}") from None
+    return folder
+
+
 def synth_input(workdir: Path, lines: int, malformed_rate: float, profile: str = "light") -> Path:
     """Generated benchmark input; deterministic by seed, so an earlier file is reused."""
     from shardtune.console import log

@@ -18,8 +18,8 @@ from rich.table import Table
 
 from shardtune.console import TableConsole, log
 from shardtune.errors import UserError
-from shardtune.files import atomic_open, check_output_dir, locked, prepare_output_dir, write_json
-from shardtune.models import check_model
+from shardtune.files import atomic_open, check_output_dir, check_outside, locked, prepare_output_dir, write_json
+from shardtune.models import check_model, refuse_checkpoint
 from shardtune.manifest import TokensManifest
 from shardtune.template import PromptTemplate
 
@@ -73,6 +73,8 @@ def run_eval(base: str, tuned: str, data: Path, out: Path, config: EvalConfig | 
         raise _no_validation_examples(data, manifest)
     for name in (base, tuned):  # both, before minutes on the first
         check_model(name)
+        refuse_checkpoint(Path(name).expanduser())
+    check_outside(out, data, "the token folder")
     check_output_dir(out, REPORT_FILES)  # before any work; its old report is replaced only at the end
     with locked(out, "eval"):
         return _evaluate(base, tuned, data, out, config, manifest)

@@ -6,6 +6,7 @@ next run) sees either the old complete file or the new complete file, never half
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -175,6 +176,7 @@ def locked(folder: Path, command: str) -> Iterator[None]:
 
     if folder.exists() and not folder.is_dir():
         raise UserError(f"output path {folder} is a file; give a folder")
+    created = not folder.exists()
     try:
         folder.mkdir(parents=True, exist_ok=True)
         handle = open(folder / LOCK, "a+")
@@ -196,6 +198,10 @@ def locked(folder: Path, command: str) -> Iterator[None]:
         yield
     finally:
         handle.truncate(0)  # no holder any more
+        if created and [p.name for p in folder.iterdir()] == [LOCK]:  # a refused command leaves no folder behind
+            with contextlib.suppress(OSError):  # still locked: no other run can have started in it
+                (folder / LOCK).unlink()
+                folder.rmdir()
         _lock(handle, unlock=True)
         handle.close()
 
@@ -272,6 +278,15 @@ def read_json(path: Path, what: str) -> Any:
         raise UserError(f"cannot read {what} {path}: nested too deep to be one") from None
 
 
+def check_outside(out: Path, source: Path, what: str) -> None:
+    """Refuse an --out that is the folder being read or inside it: the next run of the stage that
+    wrote `source` would find a folder it did not write there (or, the other way, delete its input)."""
+    src, dst = source.resolve(), out.resolve()
+    if dst == src or src in dst.parents:
+        raise UserError(f"--out {out} is {'' if dst == src else 'inside '}{what} {source} being read; "
+                        "write to a folder of its own")
+
+
 def check_output_dir(out: Path, owned: tuple[str, ...], manifest_name: str = "manifest.json",
                      subfolders: dict[str, str] | None = None) -> list[Path]:
     """The files of ours in `out` (a missing folder has none), or a one-line error if it is a file or
@@ -283,7 +298,7 @@ def check_output_dir(out: Path, owned: tuple[str, ...], manifest_name: str = "ma
         return []
 
     def foreign(entry: Path) -> UserError:
-        return UserError(f"output folder {out} holds {entry.relative_to(out)}, which shardtune did not write; "
+        return UserError(f"output folder {out} holds {entry.relative_to(out)}, which is not this command's output; "
                          "choose an empty or new folder with --out")
 
     ours: list[Path] = []

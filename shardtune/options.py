@@ -122,7 +122,8 @@ class Config:
         for key, value in data.items():
             name = key.replace("-", "_")
             if name not in names:
-                raise UserError(f"unknown key {key!r} in {where}; known: {', '.join(sorted(names))}")
+                known = f"known: {', '.join(sorted(names))}" if names else "it takes no keys"
+                raise UserError(f"unknown key {key!r} in {where}; {known}")
             values[name] = value
         return cls(**values)
 
@@ -143,9 +144,38 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise UserError(f"cannot read config file {path}: {e}") from None
 
 
+# Every command's table, filled in as the parsers are built: one file may hold the tables of
+# several commands, but a table of none (a typo: [trian]) is an error, not silently skipped.
+SECTIONS: set[str] = set()
+
+
+def _check_tables(path: Path, document: dict[str, Any]) -> None:
+    def walk(table: dict[str, Any], prefix: str) -> None:
+        for key, value in table.items():
+            name = prefix + key
+            if name in SECTIONS:
+                continue
+            if isinstance(value, dict) and any(s.startswith(name + ".") for s in SECTIONS):
+                walk(value, name + ".")  # [bench] holds [bench.etl], [bench.gpu], ...
+                continue
+            what = f"a table [{name}] that no command reads" if isinstance(value, dict) else \
+                f"a key {name!r} outside any command's table"
+            raise UserError(f"{path} has {what}; the tables: {', '.join(f'[{s}]' for s in sorted(SECTIONS))}")
+
+    walk(document, "")
+
+
+def config_path(text: str) -> Path:
+    """--config's type: an empty name would be the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty; give a TOML file")
+    return Path(text)
+
+
 def toml_table(path: Path, section: str) -> dict[str, Any]:
     """The (possibly dotted, e.g. "bench.etl") table of a TOML file; {} when absent."""
     table: Any = read_toml(path)
+    _check_tables(path, table)
     for part in section.split("."):
         table = table.get(part, {}) if isinstance(table, dict) else None
         if not isinstance(table, dict):
@@ -156,7 +186,8 @@ def toml_table(path: Path, section: str) -> dict[str, Any]:
 def add_config_flags(parser: argparse.ArgumentParser, cls: type[Config]) -> None:
     """--config FILE, then one flag per field. Flags default to None, so that the TOML
     table and the field defaults show through when a flag is not given."""
-    parser.add_argument("--config", type=Path, metavar="FILE",
+    SECTIONS.add(cls.SECTION)
+    parser.add_argument("--config", type=config_path, metavar="FILE",
                         help=f"TOML file whose [{cls.SECTION}] table sets any option below; flags override it")
     groups: dict[str | None, Any] = {None: parser}
     types = cls.field_types()
@@ -191,7 +222,10 @@ def config_from_args(args: argparse.Namespace) -> Any:
     else:
         where = "the options"
     config = cls.from_dict(values, where)
+    types = cls.field_types()
     for f in fields(cls):  # type: ignore[arg-type]
+        if f.name in values:  # a file's value is checked even where a flag overrides it: it is wrong either way
+            check_value(f.name, types[f.name], f.metadata, values[f.name])
         given = getattr(args, f.name, None)
         if given is not None:
             setattr(config, f.name, given)

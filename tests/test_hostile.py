@@ -191,6 +191,12 @@ def one_product(w, t):
     write_lines(t / "one.json", [rec(uid="a")])
 
 
+def weights_only(w, t):
+    (t / "m").mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(w / "run" / "final" / name, t / "m" / name)
+
+
 def utf16_questions(w, t):
     (t / "q16.jsonl").write_bytes('{"title": "Red Hoodie"}\n'.encode("utf-16"))
 CASES = [
@@ -273,7 +279,7 @@ CASES = [
     ("tokenize: --template-file endless", ["tokenize", CLEAN, "--out", "{tmp}/tok", "--template-file", "/dev/zero"], None,
      "larger than 1 MB"),
     ("tokenize: --out is the etl folder", ["tokenize", "{tmp}/clean", "--out", "{tmp}/clean"], input_in_out,
-     "is the ETL folder being read"),
+     "clean being read; write to a folder of its own"),
     ("tokenize: --template-file missing", ["tokenize", CLEAN, "--out", "{tmp}/tok", "--template-file", "{tmp}/t"], None,
      "cannot read --template-file"),
     ("tokenize: --template-file not UTF-8", ["tokenize", CLEAN, "--out", "{tmp}/tok", "--template-file", "{tmp}/c.toml"],
@@ -487,7 +493,41 @@ CASES = [
      "--output goes with --input"),
     ("demo: an input too small to hold products out", ["demo", "--out", "{tmp}/d", "--input", "{tmp}/one.json",
                                                        "--steps", "1"], one_product, "too few to hold one in ten out"),
+    # the fifth sweep's: checkpoints and tokenizer-less folders asked to answer, outputs nested in inputs,
+    # scratch folders that are someone's, TOML tables no command reads, plans that would take minutes
+    ("generate: a training checkpoint", ["generate", RUN + "/checkpoints/step-00000002", "q"], None,
+     "is a training checkpoint"),
+    ("eval: a training checkpoint as --tuned", ["eval", "--base", "tiny", "--tuned", RUN + "/checkpoints/step-00000002",
+                                                "--data", TOKENS, "--out", "{tmp}/e"], None, "is a training checkpoint"),
+    ("generate: weights without a tokenizer", ["generate", "{tmp}/m", "q"], weights_only, "holds no tokenizer"),
+    ("tokenize: --out inside the ETL folder", ["tokenize", CLEAN, "--out", CLEAN + "/tok"], None,
+     "is inside the ETL folder"),
+    ("train: --out inside the token folder", ["train", TOKENS, "--out", TOKENS + "/run", "--model", "tiny"], None,
+     "is inside the token folder"),
+    ("eval: --out inside the token folder", ["eval", "--base", "tiny", "--tuned", RUN + "/final", "--data", TOKENS,
+                                             "--out", TOKENS + "/eval"], None, "is inside the token folder"),
+    ("bench overhead: --workdir a stage's output", ["bench", "overhead", "--workdir", "{tmp}/tokens", "--lines", "100"],
+     lambda w, t: copy(w, "tokens", t), "is not an earlier benchmark's folder"),
+    ("train: a TOML table no command reads", ["train", TOKENS, "--out", "{tmp}/r", "--config", "{tmp}/c.toml"],
+     toml(b"[trian]\nmax_steps = 1\n"), "a table [trian] that no command reads"),
+    ("train: a TOML key outside any table", ["train", TOKENS, "--out", "{tmp}/r", "--config", "{tmp}/c.toml"],
+     toml(b"max_steps = 1\n"), "outside any command's table"),
+    ("train: a wrong TOML value under a flag", ["train", TOKENS, "--out", "{tmp}/r", "--config", "{tmp}/c.toml",
+                                                "--batch-size", "4"], toml(b"[train]\nbatch_size = [4, 8]\n"),
+     "--batch-size must be"),
+    ("train: an empty --config", ["train", TOKENS, "--out", "{tmp}/r", "--config", ""], None, "is empty; give a TOML"),
+    ("convert: a key for a table of none", ["convert", "{tmp}/a.gguf", "--out", "{tmp}/m", "--config", "{tmp}/c.toml"],
+     toml(b"[convert]\nx = 1\n"), "it takes no keys"),
+    ("bench fits: --models lists none", ["bench", "fits", "--models", ",,"], None, "--models lists no model"),
+    ("plan: --max-length past what it traces in seconds", ["plan", "--max-length", "65536"], None,
+     "--max-length must be"),
+    ("train: --vram past the planner's lengths", ["train", TOKENS, "--out", "{tmp}/r", "--vram", "6", "--max-length",
+                                                  "10000"], None, "--vram plans examples of at most"),
 ]
+
+
+# Refused once the work showed it: the diverged run's metrics and the demo's clean and token folders stay
+REFUSED_AFTER_WORK = {"train: --lr 1e30 diverges with finite weights", "demo: an input too small to hold products out"}
 
 
 @pytest.mark.parametrize("name, argv, setup, message", CASES, ids=[c[0] for c in CASES])
@@ -496,6 +536,8 @@ def test_hostile_input_is_one_line_exit_2_and_changes_nothing(world, tmp_path, c
     before = {name: snapshot(world / name) for name in ("clean", "tokens", "run")}
     had_final = (tmp_path / "run" / "final").exists()
     args = [a.replace("{world}", str(world)).replace("{tmp}", str(tmp_path)) for a in argv]
+    new_outputs = [Path(args[i + 1]) for i, a in enumerate(args[:-1]) if a in ("--out", "--workdir")
+                   and not Path(args[i + 1]).exists()]
     try:
         code = main(args)
     except SystemExit as e:  # argparse's own usage errors
@@ -509,6 +551,8 @@ def test_hostile_input_is_one_line_exit_2_and_changes_nothing(world, tmp_path, c
     assert len(errors) == 1 and err[-1] == errors[0] and message in errors[0], err
     assert not any("Traceback" in line for line in err), err
     assert {name: snapshot(world / name) for name in ("clean", "tokens", "run")} == before  # nothing changed
+    if name not in REFUSED_AFTER_WORK:  # a refused command leaves no output folder
+        assert not any(p.exists() for p in new_outputs), new_outputs
     assert not (tmp_path / "pwned").exists()  # no pickle payload ever runs
     assert (tmp_path / "run" / "final").exists() == had_final  # a failed run writes no model
     if "important.txt" in str(list(tmp_path.rglob("*"))):

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from shardtune import __version__
 from shardtune.console import log, meter
 from shardtune.errors import UserError, first_line
-from shardtune.files import check_output_dir, inside, locked, prepare_output_dir
+from shardtune.files import check_output_dir, check_outside, inside, locked, prepare_output_dir
 from shardtune.manifest import MANIFEST, EtlManifest, SplitStats, TokensManifest
 from shardtune.template import PromptTemplate
 
@@ -85,8 +85,7 @@ def run_tokenize(parquet_dir: Path, out: Path, config: TokenizeConfig | None = N
     config = (config or TokenizeConfig()).check()
     etl = EtlManifest.read(parquet_dir)
     etl.verify(parquet_dir)
-    if out.resolve() == parquet_dir.resolve():
-        raise UserError(f"--out {out} is the ETL folder being read; write the tokens to a folder of their own")
+    check_outside(out, parquet_dir, "the ETL folder")
     check_output_dir(out, (MANIFEST,), subfolders={s: SHARD_GLOB for s in SPLITS})  # before any work
     template = PromptTemplate(config.template)
     tokenizer = load_tokenizer(config.tokenizer)

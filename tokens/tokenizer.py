@@ -17,6 +17,10 @@ from shardtune.errors import UserError, first_line
 from shardtune.hub import gpt2_bpe_files, hub_reachable, is_gpt2_family, is_local, quiet_transformers
 
 
+# What a tokenizer folder holds, one of them at least (fast, slow BPE, SentencePiece)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
 def load_tokenizer(name: str):
     """A Hugging Face tokenizer from a folder, the hub, or (GPT-2 family, offline) the bundled BPE files."""
     from transformers import AutoTokenizer
@@ -25,6 +29,10 @@ def load_tokenizer(name: str):
     if is_local(name):
         if not Path(name).expanduser().is_dir():  # transformers would take a file's name for a hub name
             raise UserError(f"{name} is a file; give a tokenizer's folder (or a model folder, or a hub name)")
+        folder = Path(name).expanduser()
+        if not any((folder / f).exists() for f in TOKENIZER_FILES):  # transformers would build an empty one
+            raise UserError(f"{name} holds no tokenizer (none of {', '.join(TOKENIZER_FILES)}); give a run's final/ "
+                            "folder or a folder that holds its tokenizer")
         try:
             return AutoTokenizer.from_pretrained(Path(name).expanduser())
         except Exception as e:  # a damaged or foreign folder can make the loader raise almost anything

@@ -12,6 +12,9 @@ from shardtune.errors import UserError
 from shardtune.options import Config, option
 
 MODEL, DATA, OPTIM, LOOP, SPEED = "model", "data", "optimization", "schedule and outputs", "speed and memory"
+# The planner traces a step per option on fake tensors, its cost growing with the tokens of a batch:
+# about 20 s here at 8,192 tokens an example, minutes at 65,536.
+PLAN_MAX_LENGTH = 8192
 ADAPT = "LoRA, QLoRA and fitting a card"
 
 
@@ -79,6 +82,9 @@ class TrainConfig(Config):
             raise UserError("give --epochs or --max-steps of at least 1")
         if self.quantize != "none" and self.lora_r == 0:
             raise UserError("--quantize nf4 trains adapters over a 4-bit base: add --lora-r (e.g. 16)")
+        if self.vram and self.max_length > PLAN_MAX_LENGTH:
+            raise UserError(f"--vram plans examples of at most {PLAN_MAX_LENGTH:,} tokens; give --max-length "
+                            f"{PLAN_MAX_LENGTH:,} or less, or choose the memory options by hand without --vram")
         if self.lora_r == 0 and not self.vram:  # --vram may choose LoRA: then they shape its adapters
             defaults = TrainConfig.__dataclass_fields__
             shaped = [f"--{name.replace('_', '-')}" for name in ("lora_alpha", "lora_dropout", "lora_targets")
@@ -99,7 +105,7 @@ class PlanConfig(Config):
     vram: float = option(6.0, "GB of memory on the card", above=0, max=1024)
     batch_size: int = option(16, "effective batch: micro-batch x accumulation steps", min=1, max=4096)
     max_length: int = option(256, "tokens per example; planned for every row full, the worst case", min=8,
-                             max=1 << 16)
+                             max=PLAN_MAX_LENGTH)
     card: str = option("", "card whose speed ranks the options (default: RTX 2060 up to 6 GB, RTX 3060 up to "
                        "12, else RTX 4070)", choices=("", "RTX 2060", "RTX 3060", "RTX 4070", "H100"))
     lora_r: int = option(16, "LoRA rank the adapter options use", min=1, max=4096)

@@ -22,7 +22,7 @@ import torch
 
 from shardtune.console import log, meter
 from shardtune.errors import UserError
-from shardtune.files import LOCK, commit_folder, locked, read_json, tmp_path, write_json
+from shardtune.files import LOCK, check_outside, commit_folder, locked, read_json, tmp_path, write_json
 from shardtune.manifest import RunInfo, TokensManifest
 from shardtune.models import enable_activation_checkpointing, load_model, require_name
 from shardtune.models.adapters import add_lora, is_peft, merge_adapter, quantize_nf4, unwrap
@@ -105,6 +105,7 @@ class Trainer:
         self._lock = contextlib.ExitStack()  # the run folder's lock, held by rank 0 until close()
         self.manifest = TokensManifest.read(tokens_dir)
         self.manifest.verify(tokens_dir)
+        check_outside(run_dir, tokens_dir, "the token folder")
         shards = lambda split: TokenShards(self.manifest.shard_paths(tokens_dir, split),  # noqa: E731
                                            self.manifest.shard_counts(split))
         self.train_data, self.val_data = shards("train"), shards("val")

@@ -12,7 +12,8 @@ def add_parser(sub) -> None:
     p = add_command(sub, "etl", EtlConfig, run, help="clean catalogue JSON into sharded Parquet",
                     description="Stream NDJSON (.json/.jsonl, optionally .gz) or a JSON array of catalogue "
                     "records into cleaned, deduplicated Parquet shards (uid, title, content). Every line is "
-                    "accounted for in DIR/manifest.json; malformed lines go to DIR/rejects.jsonl.")
+                    "accounted for in DIR/manifest.json; malformed lines go to DIR/rejects.jsonl (blank lines, "
+                    "which hold nothing to audit, are only counted).")
     p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="catalogue file(s): NDJSON, .gz or a JSON array")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (new, empty, or an earlier etl output)")
 

@@ -123,6 +123,13 @@ def check_model(name: str) -> None:
         raise (UserError(f"cannot load model {name!r}: {first_line(e)}") if online else _not_cached(name)) from None
 
 
+def refuse_checkpoint(folder: Path) -> None:
+    """A checkpoint holds weights but neither tokenizer nor template: it resumes training, it does not answer."""
+    if (folder / "state.json").is_file() and (folder / "rng.pt").is_file():
+        raise UserError(f"{folder} is a training checkpoint, which holds no tokenizer or prompt template; give the "
+                        "run's final/ folder, or continue the run with `shardtune train --resume`")
+
+
 def _not_cached(name: str, hint: str = "") -> UserError:
     return UserError(f"cannot load model {name!r}: the Hugging Face hub is unreachable and it is not in the local "
                      f"cache; pass a downloaded model folder{hint}")
@@ -149,6 +156,7 @@ def load_for_inference(name: str) -> Loaded:
 
     require_name(name)
     folder = Path(name).expanduser()
+    refuse_checkpoint(folder)
     info = RunInfo.read(folder) if is_local(name) and folder.is_dir() else None
     if is_fresh_only(name):
         torch.manual_seed(42)  # the weights `shardtune train --model tiny` starts from
