@@ -18,7 +18,8 @@ from shardtune.hub import gpt2_bpe_files, hub_reachable, is_gpt2_family, is_loca
 
 
 # What a tokenizer folder holds, one of them at least (fast, slow BPE, SentencePiece)
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "spiece.model",
+                   "sentencepiece.bpe.model")
 
 
 def load_tokenizer(name: str):
