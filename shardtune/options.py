@@ -217,7 +217,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
     cls: type[Config] = args._config_class
     values: dict[str, Any] = {}
     if getattr(args, "config", None) is not None:
-        values.update(toml_table(args.config, cls.SECTION))
+        values.update({k.replace("-", "_"): v for k, v in toml_table(args.config, cls.SECTION).items()})
         where = f"[{cls.SECTION}] of {args.config}"
     else:
         where = "the options"
