@@ -118,6 +118,16 @@ def _classify(err: Exception, line: bytes = b"x") -> tuple[str, str]:
 PEEK_BYTES = 65536  # how far the format check looks
 
 
+def check_input(path: Path) -> None:
+    """A missing input or a folder, said without opening it (a pipe read to check it would lose what was read)."""
+    if str(path) == "-":
+        return
+    if path.is_dir():
+        raise UserError(f"input {path} is a folder; give the JSON file(s) inside it")
+    if not path.exists():
+        raise UserError(f"input file not found: {path}")
+
+
 class InputReader:
     """Reads one input file in blocks or batches of at most `batch_lines` lines and about `batch_bytes`."""
 
@@ -130,9 +140,8 @@ class InputReader:
         try:
             if str(path) == "-":  # standard input, streamed like a pipe
                 self.raw: BinaryIO = sys.stdin.buffer
-            elif path.is_dir():
-                raise UserError(f"input {path} is a folder; give the JSON file(s) inside it")
             else:
+                check_input(path)
                 self.raw = open(path, "rb")
         except FileNotFoundError:
             raise UserError(f"input file not found: {path}") from None

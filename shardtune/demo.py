@@ -52,12 +52,10 @@ def run_demo(out: Path, inputs: list[Path] | None = None, config: DemoConfig | N
     sample = bundled_sample()
     if not inputs and not sample.exists():
         raise UserError(f"the bundled sample {sample} is missing; pass --input FILE")
-    for path in inputs or []:  # a missing file or a folder, said before the output folder is touched; nothing is
-        # opened here: a pipe read now would lose what was read
-        if str(path) != "-" and not path.exists():
-            raise UserError(f"input file not found: {path}")
-        if path.is_dir():
-            raise UserError(f"input {path} is a folder; give the JSON file(s) inside it")
+    from .etl.read import check_input
+
+    for path in inputs or []:  # before the output folder is touched
+        check_input(path)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} is a file; give a folder with --out")
     if out.exists() and any(p.name != LOCK for p in out.iterdir()) and not (out / "demo.txt").exists():
