@@ -52,10 +52,9 @@ def bench_etl(config: BenchEtlConfig) -> int:
 
     from .common import machine, print_table, run_measured, scratch_dir, synth_input
 
-    workdir = scratch_dir(config.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    if config.input and not Path(config.input).is_file():
+    if config.input and not Path(config.input).is_file():  # before the scratch folder: a refusal leaves none
         raise UserError(f"input file not found: {config.input}")
+    workdir = scratch_dir(config.workdir)
     sources = [("input", Path(config.input))] if config.input else \
         [(p, synth_input(workdir, config.lines, config.malformed_rate, p)) for p in config.names("profiles")]
     for profile, input_file in sources:

@@ -57,8 +57,9 @@ def scratch_dir(workdir: str) -> Path:
     entries = sorted((p.name for p in folder.iterdir() if p.name != LOCK), key=lambda n: (n.startswith("."), n)) \
         if folder.exists() else []
     if entries and SCRATCH_MARK not in entries:
-        raise UserError(f"--workdir {folder} holds {entries[0]} and is not an earlier benchmark's folder; give a "
-                        "new or empty folder (a benchmark writes and replaces runs there)")
+        raise UserError(f"--workdir {folder} holds {entries[0]} but no {SCRATCH_MARK} mark of a benchmark's scratch "
+                        "folder; give a new or empty folder (a benchmark writes and replaces runs there), or delete "
+                        "this one if it is an old benchmark's scratch")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / SCRATCH_MARK).write_text("Scratch of `shardtune bench`; safe to delete.\n")

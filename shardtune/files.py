@@ -176,19 +176,25 @@ def locked(folder: Path, command: str) -> Iterator[None]:
 
     if folder.exists() and not folder.is_dir():
         raise UserError(f"output path {folder} is a file; give a folder")
-    created = not folder.exists()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        handle = open(folder / LOCK, "a+")
-    except OSError as e:
-        raise UserError(f"cannot write to {folder}: {e.strerror or e}") from None
-    try:
-        _lock(handle)
-    except (BlockingIOError, PermissionError):  # held: BlockingIOError on POSIX, PermissionError from msvcrt
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
+    created = False
+    for _ in range(3):
+        created = created or not folder.exists()
+        handle = _open_lock(folder)
+        try:
+            _lock(handle)
+        except (BlockingIOError, PermissionError):  # held: BlockingIOError on POSIX, PermissionError from msvcrt
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise UserError(f"{folder} is in use by {holder}; wait for it to finish or choose another folder") from None
+        if _same_file(handle, folder / LOCK):
+            break
+        # A run that was ending removed the lock file (and its empty folder) between our open and our
+        # lock: we hold a lock on a file nobody else can see. Start again on the file that is there now.
+        _lock(handle, unlock=True)
         handle.close()
-        raise UserError(f"{folder} is in use by {holder}; wait for it to finish or choose another folder") from None
+    else:
+        raise UserError(f"cannot lock {folder}: its lock file keeps disappearing; is something deleting it?")
     handle.seek(0)
     handle.truncate()
     handle.write(f"shardtune {command} (pid {os.getpid()} on {socket.gethostname()}, since "
@@ -198,12 +204,30 @@ def locked(folder: Path, command: str) -> Iterator[None]:
         yield
     finally:
         handle.truncate(0)  # no holder any more
-        if created and [p.name for p in folder.iterdir()] == [LOCK]:  # a refused command leaves no folder behind
-            with contextlib.suppress(OSError):  # still locked: no other run can have started in it
+        with contextlib.suppress(OSError):  # the folder may have been removed under us
+            if created and [p.name for p in folder.iterdir()] == [LOCK]:  # a refused command leaves no folder
+                # Still locked, so no other run writes here; one that opened the file meanwhile sees it
+                # gone once it gets the lock, and starts again.
                 (folder / LOCK).unlink()
                 folder.rmdir()
         _lock(handle, unlock=True)
         handle.close()
+
+
+def _open_lock(folder: Path):
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        return open(folder / LOCK, "a+")
+    except OSError as e:
+        raise UserError(f"cannot write to {folder}: {e.strerror or e}") from None
+
+
+def _same_file(handle, path: Path) -> bool:
+    """Is the open, locked file still the one at `path`? (Not if it was unlinked after we opened it.)"""
+    try:
+        return os.path.samestat(os.fstat(handle.fileno()), os.stat(path))
+    except OSError:
+        return False
 
 
 def _lock(handle, unlock: bool = False) -> None:

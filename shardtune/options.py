@@ -66,14 +66,15 @@ def _type_name(kind: type) -> str:
     return {bool: "true or false", int: "a whole number", float: "a finite number", str: "text"}[kind]
 
 
-def check_value(name: str, kind: type, meta: dict, value: Any) -> Any:
-    """The value, validated against its field's type and range (an int is accepted for a float)."""
+def check_value(name: str, kind: type, meta: dict, value: Any, label: str = "") -> Any:
+    """The value, validated against its field's type and range (an int is accepted for a float).
+    `label` names where it came from in the error; the flag by default."""
     if kind is int and meta.get("max") is None:
         meta = {**meta, "max": MAX_INT}
     expected = " ".join(filter(None, [_type_name(kind), _range_text(meta)]))
     if meta.get("choices"):
         expected = "one of " + ", ".join(meta["choices"])
-    problem = UserError(f"{flag(name)} must be {expected} (got {value!r})")
+    problem = UserError(f"{label or flag(name)} must be {expected} (got {value!r})")
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
@@ -225,7 +226,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
     types = cls.field_types()
     for f in fields(cls):  # type: ignore[arg-type]
         if f.name in values:  # a file's value is checked even where a flag overrides it: it is wrong either way
-            check_value(f.name, types[f.name], f.metadata, values[f.name])
+            check_value(f.name, types[f.name], f.metadata, values[f.name], f"{f.name} in {where}")
         given = getattr(args, f.name, None)
         if given is not None:
             setattr(config, f.name, given)

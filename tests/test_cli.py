@@ -96,11 +96,11 @@ def toml(tmp_path, text: bytes):
 
 
 @pytest.mark.parametrize("argv, text, message", [
-    (["eval", "--base", "tiny", "--tuned", "x", "--data", "y"], b"[eval]\nsamples = true\n", "--samples must be a whole number"),
-    (["generate", "m", "q"], b"[generate]\ntop_p = 1.5\n", "--top-p must be a finite number above 0 and at most 1"),
-    (["train", "t", "--out", "o"], b"[train]\nlr = nan\n", "--lr must be a finite number"),
-    (["synth", "out.json"], b"[synth]\nlines = -1\n", "--lines must be a whole number at least 0"),
-    (["bench", "etl"], b"[bench.etl]\nlines = 0\n", "--lines must be a whole number at least 1"),
+    (["eval", "--base", "tiny", "--tuned", "x", "--data", "y"], b"[eval]\nsamples = true\n", "samples in [eval] of"),
+    (["generate", "m", "q"], b"[generate]\ntop_p = 1.5\n", "top_p in [generate] of"),
+    (["train", "t", "--out", "o"], b"[train]\nlr = nan\n", "lr in [train] of"),
+    (["synth", "out.json"], b"[synth]\nlines = -1\n", "lines in [synth] of"),
+    (["bench", "etl"], b"[bench.etl]\nlines = 0\n", "lines in [bench.etl] of"),
     (["demo"], b"[demo]\nstep = 3\n", "unknown key 'step'"),
     (["etl", "x.json", "--out", "o"], b"\xff\xfe[etl]\n", "not UTF-8"),
     (["tokenize", "p", "--out", "o"], b"[tokenize\n", "cannot read config file"),

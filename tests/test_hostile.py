@@ -219,7 +219,7 @@ CASES = [
     ("etl: TOML not UTF-8", ["etl", "{world}/trn.json", "--out", "{tmp}/o", "--config", "{tmp}/c.toml"],
      toml(b"[etl]\nmin_content_chars = 3 # \xff\xfe\n"), "not UTF-8"),
     ("etl: TOML boolean for an integer", ["etl", "{world}/trn.json", "--out", "{tmp}/o", "--config", "{tmp}/c.toml"],
-     toml(b"[etl]\nbatch_lines = true\n"), "--batch-lines must be a whole number"),
+     toml(b"[etl]\nbatch_lines = true\n"), "batch_lines in [etl] of"),
     ("etl: TOML broken", ["etl", "{world}/trn.json", "--out", "{tmp}/o", "--config", "{tmp}/c.toml"],
      toml(b"[etl\n"), "cannot read config file"),
     ("etl: TOML missing", ["etl", "{world}/trn.json", "--out", "{tmp}/o", "--config", "{tmp}/none.toml"], None,
@@ -507,14 +507,16 @@ CASES = [
     ("eval: --out inside the token folder", ["eval", "--base", "tiny", "--tuned", RUN + "/final", "--data", TOKENS,
                                              "--out", TOKENS + "/eval"], None, "is inside the token folder"),
     ("bench overhead: --workdir a stage's output", ["bench", "overhead", "--workdir", "{tmp}/tokens", "--lines", "100"],
-     lambda w, t: copy(w, "tokens", t), "is not an earlier benchmark's folder"),
+     lambda w, t: copy(w, "tokens", t), "but no .shardtune-bench mark"),
+    ("bench etl: --input missing", ["bench", "etl", "--input", "{tmp}/none.json", "--workdir", "{tmp}/b"], None,
+     "input file not found"),
     ("train: a TOML table no command reads", ["train", TOKENS, "--out", "{tmp}/r", "--config", "{tmp}/c.toml"],
      toml(b"[trian]\nmax_steps = 1\n"), "a table [trian] that no command reads"),
     ("train: a TOML key outside any table", ["train", TOKENS, "--out", "{tmp}/r", "--config", "{tmp}/c.toml"],
      toml(b"max_steps = 1\n"), "outside any command's table"),
     ("train: a wrong TOML value under a flag", ["train", TOKENS, "--out", "{tmp}/r", "--config", "{tmp}/c.toml",
                                                 "--batch-size", "4"], toml(b"[train]\nbatch_size = [4, 8]\n"),
-     "--batch-size must be"),
+     "batch_size in [train] of"),
     ("train: an empty --config", ["train", TOKENS, "--out", "{tmp}/r", "--config", ""], None, "is empty; give a TOML"),
     ("convert: a key for a table of none", ["convert", "{tmp}/a.gguf", "--out", "{tmp}/m", "--config", "{tmp}/c.toml"],
      toml(b"[convert]\nx = 1\n"), "it takes no keys"),
@@ -630,3 +632,29 @@ def test_ctrl_c_or_sigterm_to_the_whole_group_ends_etl_in_one_line(tmp_path, sig
     assert proc.returncode == code, err
     assert "Traceback" not in err and err.strip().splitlines()[-1].endswith("re-run to finish"), err
     assert word in err and not list((tmp_path / "out").glob("*.tmp")), err
+
+
+def test_a_lock_taken_on_a_file_an_ending_run_removed_is_taken_again(tmp_path, monkeypatch):
+    """A run ending in a folder it created removes its lock file and the folder. Another run that
+    opened the lock file just before gets the lock on a file nobody can see: it must notice and lock
+    the file that is there now, or a third run would write the same folder beside it."""
+    import shardtune.files as files
+
+    take = files._lock
+    calls = []
+
+    def ending_run_removes_the_file(handle, unlock=False):
+        if not unlock and not calls:
+            (tmp_path / "out" / files.LOCK).unlink()  # what the ending run's clean-up does
+            (tmp_path / "out").rmdir()
+        calls.append(unlock)
+        take(handle, unlock)
+
+    monkeypatch.setattr(files, "_lock", ending_run_removes_the_file)
+    with files.locked(tmp_path / "out", "first"):
+        monkeypatch.setattr(files, "_lock", take)
+        assert "shardtune first" in (tmp_path / "out" / files.LOCK).read_text()
+        with pytest.raises(files.UserError, match="in use by shardtune first"):
+            with files.locked(tmp_path / "out", "second"):
+                pass
+    assert not (tmp_path / "out").exists()  # created by the run, left as found
