@@ -39,6 +39,13 @@ def test_an_unknown_tokenizer_offline_gets_a_clear_error():
         load_tokenizer("some-org/some-llama")
 
 
+def test_a_folder_with_only_a_wordpiece_vocabulary_is_a_tokenizer(tmp_path):
+    # older checkpoints ship config.json and vocab.txt, no tokenizer.json
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}')
+    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "world"]))
+    assert load_tokenizer(str(tmp_path))("hello world", add_special_tokens=False)["input_ids"] == [5, 6]
+
+
 def test_examples_decode_back_to_exactly_the_template_text(tmp_path, gpt2_tokenizer):
     m = run_tokenize(etl_folder(tmp_path, PRODUCTS), tmp_path / "tok", TokenizeConfig(val_fraction=0.0))
     assert m.splits["train"].examples == 3 and m.dtype == "uint16" and m.eos_id == 50256

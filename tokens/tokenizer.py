@@ -17,9 +17,10 @@ from shardtune.errors import UserError, first_line
 from shardtune.hub import gpt2_bpe_files, hub_reachable, is_gpt2_family, is_local, quiet_transformers
 
 
-# What a tokenizer folder holds, one of them at least (fast, slow BPE, SentencePiece)
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "spiece.model",
-                   "sentencepiece.bpe.model")
+# What a tokenizer folder holds, one of them at least (fast, slow BPE, WordPiece, SentencePiece):
+# an older checkpoint may hold only config.json and vocab.txt, from which transformers builds one
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model",
+                   "spiece.model", "sentencepiece.bpe.model")
 
 
 def load_tokenizer(name: str):
