@@ -75,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
                   "the file or folder)", file=sys.stderr)
             return 2
     args = build_parser().parse_args(argv)
+    # transformers' warnings and advice (read when it is imported, so without importing it here) are
+    # about its own API, not the user's run; shardtune says what matters itself. A user's setting wins.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
     def fail(message, code: int = 2) -> int:
         print(f"shardtune {args.command}: error: {one_line(message)}", file=sys.stderr)

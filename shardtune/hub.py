@@ -8,6 +8,7 @@ fails; one quick connection test up front turns that into an immediate decision.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import socket
 import sys
@@ -71,8 +72,12 @@ def gpt2_bpe_files() -> tuple[Path, Path]:
 
 def quiet_transformers() -> None:
     """transformers' own progress bars ("Loading weights", "Writing model shards") would
-    interleave with ours; shardtune reports progress itself."""
+    interleave with ours; shardtune reports progress itself. And bitsandbytes, imported by peft,
+    logs a warning on every CPU with AVX512-BF16 that an optional kernel from the hub is not
+    installed (`kernels`): it speeds its CPU 4-bit inference only, and shardtune takes nothing
+    from the hub at run time."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     try:
         from transformers.utils import logging as hf_logging
 

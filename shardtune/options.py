@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import re
 import sys
 from dataclasses import field, fields
 from pathlib import Path
@@ -230,7 +231,15 @@ def config_from_args(args: argparse.Namespace) -> Any:
         given = getattr(args, f.name, None)
         if given is not None:
             setattr(config, f.name, given)
-    return config.check()
+    try:
+        return config.check()
+    except UserError as e:  # a rule across fields names flags; say which of them the file set
+        from_file = [name for name in re.findall(r"--([a-z0-9-]+)", str(e))
+                     if name.replace("-", "_") in values and getattr(args, name.replace("-", "_"), None) is None]
+        if not from_file:
+            raise
+        keys = ", ".join(f"--{name} is {name.replace('-', '_')}" for name in dict.fromkeys(from_file))
+        raise UserError(f"{e} ({keys} in {where})") from None
 
 
 def add_command(sub, name: str, cls: type[Config], run, help: str, description: str) -> argparse.ArgumentParser:

@@ -112,6 +112,16 @@ def test_bad_config_files_are_one_line_errors(tmp_path, capsys, argv, text, mess
     assert len(err) == 1 and message in err[0], err
 
 
+def test_a_rule_across_options_names_the_keys_the_file_set(tmp_path, capsys):
+    # --quantize nf4 needs --lora-r: set in the file, the error says where the user wrote it
+    path = toml(tmp_path, b"[train]\nquantize = \"nf4\"\n")
+    assert main(["train", "t", "--out", "o", "--config", path]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "add --lora-r" in err[0] and f"(--quantize is quantize in [train] of {path})" in err[0], err
+    assert main(["train", "t", "--out", "o", "--config", path, "--quantize", "nf4"]) == 2
+    assert "[train] of" not in capsys.readouterr().err  # the flag, not the file, set it this time
+
+
 @pytest.mark.parametrize("argv, message", [
     (["train", "t", "--out", "o", "--lr", "inf"], "--lr must be a finite number above 0"),
     (["train", "t", "--out", "o", "--clip-grad", "-1"], "--clip-grad must be a finite number above 0"),

@@ -1,6 +1,7 @@
 """Model families, LoRA, QLoRA and 8-bit AdamW on the CPU, with tiny presets and generated data."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -52,6 +53,26 @@ def test_rope_and_bias_details_of_the_published_configs():
     attention = qwen.model.layers[0].self_attn
     assert attention.q_proj.bias is not None and attention.o_proj.bias is None  # Qwen2: q/k/v bias only
     assert Llama().config("smollm2-135m", vocab_size=50257).vocab_size == 50257  # widened for GPT-2 shards
+
+
+@pytest.mark.parametrize("preset", ["tiny-llama", "tiny"])
+def test_adding_lora_prints_no_library_warnings(preset, recwarn):
+    from shardtune.models.adapters import add_lora
+
+    model = add_lora(load_model(preset, vocab_size=512, eos_id=0), 8, 16.0, 0.0, "all-linear")
+    assert model.get_nb_trainable_parameters()[0] > 0
+    # what Python shows a user (a DeprecationWarning only when __main__ triggers it): each a line of noise
+    assert [str(w.message) for w in recwarn if not issubclass(w.category, DeprecationWarning)] == []
+
+
+def test_importing_bitsandbytes_logs_nothing():
+    # on a CPU with AVX512-BF16 its import logs a warning about an optional kernel from the hub
+    import subprocess
+    import sys
+
+    code = "from shardtune.models.adapters import bitsandbytes; bitsandbytes('QLoRA', 'LoRA')"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
 
 
 @pytest.mark.slow
@@ -151,6 +172,17 @@ def test_token_ids_past_65535_train_from_uint32_shards(tmp_path):
         trainer.train_step()
     assert np.isfinite(trainer.counters.read(1)["loss"])
     trainer.close()
+
+
+def test_plan_writes_nothing_but_its_answer(tmp_path):
+    # a fresh process, as a user runs it: transformers' advice (its cache under checkpointing) stays out
+    import subprocess
+    import sys
+
+    code = "import sys; from shardtune.cli import main; sys.exit(main(sys.argv[1:]))"
+    done = subprocess.run([sys.executable, "-c", code, "plan", "--model", "tiny-llama", "--vram", "6"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "NO_COLOR": "1"})
+    assert done.returncode == 0 and "fastest that fits: " in done.stdout and done.stderr == "", done.stderr
 
 
 @pytest.mark.slow

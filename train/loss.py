@@ -4,10 +4,39 @@ the full logits: the output layer runs in chunks whose gradients are taken at on
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
 IGNORE = -100  # target of rows that carry no loss
+
+
+@contextmanager
+def rows_not_packed():
+    """Tell transformers that no row packs several examples (each holds one, its positions from
+    0), which it otherwise checks on every forward pass without a key/value cache (training under
+    activation checkpointing, which turns the cache off) by reading a value back from the device:
+    one host synchronisation per micro-step. Where a transformers version has no such check,
+    there is nothing to tell."""
+    try:
+        from transformers import masking_utils
+    except ImportError:  # pragma: no cover - transformers 4.x before masking_utils
+        yield
+        return
+    check = getattr(masking_utils, "find_packed_sequence_indices", None)
+    if check is None:  # pragma: no cover
+        yield
+        return
+    masking_utils.find_packed_sequence_indices = _not_packed
+    try:
+        yield
+    finally:
+        masking_utils.find_packed_sequence_indices = check
+
+
+def _not_packed(position_ids):
+    return None  # transformers' answer for "one sequence per row"
 
 
 def _chunked_cross_entropy(hidden, weight, target, grad_hidden: bool, grad_weight: bool):
@@ -94,7 +123,8 @@ class AnswerLoss(nn.Module):
         # Evaluation (no gradients) runs the eager body: a compiled one would compile, and on CUDA
         # record graphs of, a second, no-grad variant of every shape for a pass that runs rarely.
         run = self.body if self.body is not None and torch.is_grad_enabled() else self.model.base_model
-        body = run(input_ids=input_ids, position_ids=position_ids)
+        with rows_not_packed():
+            body = run(input_ids=input_ids, position_ids=position_ids)
         hidden = body.last_hidden_state.flatten(0, 1).index_select(0, predict_at)
         head = self.model.get_output_embeddings()
         if getattr(head, "bias", None) is not None:  # rare for causal LMs; fall back to the plain path

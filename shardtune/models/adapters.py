@@ -9,18 +9,21 @@ the base with the adapter merged in, a plain model folder.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from shardtune.errors import UserError, first_line
+from shardtune.hub import quiet_transformers
 
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 
 
 def bitsandbytes(what: str, instead: str):
     """The bitsandbytes module, or a one-line error saying what to use instead."""
+    quiet_transformers()  # before bitsandbytes is imported
     try:
         import bitsandbytes as bnb
     except ImportError:
@@ -41,6 +44,7 @@ def unwrap(model: Any) -> Any:
 def add_lora(model: Any, r: int, alpha: float, dropout: float, targets: str) -> Any:
     """Freeze `model` and wrap it with LoRA adapters on `targets` ("all-linear": every linear layer
     of the body, the output layer excluded; or comma-separated module names)."""
+    quiet_transformers()  # before peft imports bitsandbytes
     import peft
 
     names: Any = targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
@@ -51,10 +55,17 @@ def add_lora(model: Any, r: int, alpha: float, dropout: float, targets: str) -> 
         # weight, chunk by chunk), so an adapter there would get no gradient
         raise UserError(f"--lora-targets names the output layer ({head}), which the chunked loss computes from "
                         "its weight alone; adapt the body's layers instead (the default: all-linear)")
+    from transformers.pytorch_utils import Conv1D
+
+    # GPT-2's layers are Conv1D, weights stored (in, out): said here, peft need not warn that it sets it
+    conv1d = any(isinstance(m, Conv1D) for m in model.modules())
     config = peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=names,
-                             task_type="CAUSAL_LM")
+                             task_type="CAUSAL_LM", fan_in_fan_out=conv1d)
     try:
-        return peft.get_peft_model(model, config)
+        with warnings.catch_warnings():  # peft reads an attribute transformers deprecated: nothing a user can do
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
+                                    category=FutureWarning)
+            return peft.get_peft_model(model, config)
     except ValueError as e:  # peft's NoMatchingPeftModuleError is a ValueError
         raise UserError(f"--lora-targets {targets!r} names no layer of this model: {first_line(e)}") from None
 
