@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -67,9 +69,6 @@ def test_adding_lora_prints_no_library_warnings(preset, recwarn):
 
 def test_importing_bitsandbytes_logs_nothing():
     # on a CPU with AVX512-BF16 its import logs a warning about an optional kernel from the hub
-    import subprocess
-    import sys
-
     code = "from shardtune.models.adapters import bitsandbytes; bitsandbytes('QLoRA', 'LoRA')"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stderr == "", done.stderr
@@ -174,11 +173,8 @@ def test_token_ids_past_65535_train_from_uint32_shards(tmp_path):
     trainer.close()
 
 
-def test_plan_writes_nothing_but_its_answer(tmp_path):
+def test_plan_writes_nothing_but_its_answer():
     # a fresh process, as a user runs it: transformers' advice (its cache under checkpointing) stays out
-    import subprocess
-    import sys
-
     code = "import sys; from shardtune.cli import main; sys.exit(main(sys.argv[1:]))"
     done = subprocess.run([sys.executable, "-c", code, "plan", "--model", "tiny-llama", "--vram", "6"],
                           capture_output=True, text=True, timeout=300, env={**os.environ, "NO_COLOR": "1"})

@@ -21,11 +21,8 @@ def rows_not_packed():
     there is nothing to tell."""
     try:
         from transformers import masking_utils
-    except ImportError:  # pragma: no cover - transformers 4.x before masking_utils
-        yield
-        return
-    check = getattr(masking_utils, "find_packed_sequence_indices", None)
-    if check is None:  # pragma: no cover
+        check = masking_utils.find_packed_sequence_indices
+    except (ImportError, AttributeError):  # pragma: no cover - a transformers without the check
         yield
         return
     masking_utils.find_packed_sequence_indices = _not_packed
