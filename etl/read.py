@@ -33,7 +33,7 @@ import ijson
 import msgspec
 
 from shardtune.errors import UserError
-from shardtune.files import wide_encoding
+from shardtune.files import check_not_device, wide_encoding
 
 from .fields import Fields, Schema
 from .fields import schema as record_schema
@@ -119,7 +119,9 @@ PEEK_BYTES = 65536  # how far the format check looks
 
 
 def check_input(path: Path) -> None:
-    """A missing input or a folder, said without opening it (a pipe read to check it would lose what was read)."""
+    """A missing input, a folder or a device, said without opening it (a pipe read to check it
+    would lose what was read)."""
+    check_not_device(path, "input")
     if str(path) == "-":
         return
     if path.is_dir():
@@ -138,10 +140,10 @@ class InputReader:
         self.batch_lines, self.batch_bytes = batch_lines, batch_bytes
         self.max_line_bytes = max_line_bytes
         try:
+            check_input(path)
             if str(path) == "-":  # standard input, streamed like a pipe
                 self.raw: BinaryIO = sys.stdin.buffer
             else:
-                check_input(path)
                 self.raw = open(path, "rb")
         except FileNotFoundError:
             raise UserError(f"input file not found: {path}") from None

@@ -16,7 +16,7 @@ import torch
 
 from shardtune.console import log, meter
 from shardtune.errors import UserError
-from shardtune.files import wide_encoding
+from shardtune.files import check_not_device, wide_encoding
 from shardtune.template import PromptTemplate
 
 from .config import GenerateConfig
@@ -147,6 +147,8 @@ def _is_text(s: str) -> bool:
 
 
 def check_output(src: Path, dst: Path, force: bool = False) -> None:
+    """Refuse, before a model loads, an input that would never end and an output that would lose data."""
+    check_not_device(src, "--input")
     if dst.exists() and src.exists() and dst.resolve() == src.resolve():
         raise UserError(f"--output {dst} is the input file; writing it would overwrite the questions")
     if dst.is_dir():

@@ -10,6 +10,8 @@ import contextlib
 import json
 import os
 import shutil
+import stat
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -184,7 +186,10 @@ def locked(folder: Path, command: str) -> Iterator[None]:
             _lock(handle)
         except (BlockingIOError, PermissionError):  # held: BlockingIOError on POSIX, PermissionError from msvcrt
             handle.seek(0)
-            holder = handle.read().strip() or "another process"
+            # the first line, bounded, if it is ours ("shardtune etl (pid ...)"): a lock file of junk says nothing
+            holder = (handle.read(4096).splitlines() or [""])[0].strip()[:200]
+            if not (holder.startswith("shardtune ") and holder.isprintable()):
+                holder = "another process"
             handle.close()
             raise UserError(f"{folder} is in use by {holder}; wait for it to finish or choose another folder") from None
         if _same_file(handle, folder / LOCK):
@@ -217,7 +222,7 @@ def locked(folder: Path, command: str) -> Iterator[None]:
 def _open_lock(folder: Path):
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        return open(folder / LOCK, "a+")
+        return open(folder / LOCK, "a+", encoding="utf-8", errors="replace")  # its holder line is read back
     except OSError as e:
         raise UserError(f"cannot write to {folder}: {e.strerror or e}") from None
 
@@ -290,16 +295,44 @@ def read_small_file(path: Path, what: str, limit: int = 1 << 20) -> bytes:
     return data
 
 
+JSON_LIMIT = 64 << 20  # far above any manifest or state file shardtune writes (a 2M-line run's: kilobytes)
+
+
 def read_json(path: Path, what: str) -> Any:
+    """A JSON file shardtune wrote; read within JSON_LIMIT, so a replaced one cannot fill memory."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        with open(path, "rb") as f:
+            data = f.read(JSON_LIMIT + 1)
+        if len(data) > JSON_LIMIT:
+            raise UserError(f"{what} {path} is larger than {JSON_LIMIT >> 20} MB, so not one shardtune wrote; "
+                            "re-run the stage that makes it")
+        return json.loads(data.decode("utf-8"))
     except FileNotFoundError:
         raise UserError(f"{what} not found: {path}") from None
     except (OSError, ValueError) as e:
         raise UserError(f"cannot read {what} {path}: {e}") from None
     except RecursionError:  # nested deeper than the decoder's stack: no manifest of ours
         raise UserError(f"cannot read {what} {path}: nested too deep to be one") from None
+
+
+def check_not_device(path: Path, what: str) -> None:
+    """Refuse a device or a terminal as a data input: /dev/zero or /dev/urandom would be read
+    without end and a terminal would wait for typing, with nothing said. A file, a pipe or
+    process substitution is read as usual; "-" means standard input."""
+    if str(path) == "-":
+        if sys.stdin is None:  # started with `<&-`
+            raise UserError(f"{what} - is standard input, which is closed; pipe the data in (`... - < FILE`) "
+                            "or name the file")
+        if sys.stdin.isatty():
+            raise UserError(f"{what} - is standard input, a terminal here; pipe the data in "
+                            "(`... - < FILE`) or name the file")
+        return
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # missing or unreadable: the caller's open says which, in its own words
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        raise UserError(f"{what} {path} is a device, not a file; give a file or a pipe")
 
 
 def check_outside(out: Path, source: Path, what: str) -> None:

@@ -119,6 +119,21 @@ def edited_state(change):
     return setup
 
 
+def endless_state(w, t):
+    state = sorted((copy(w, "run", t) / "checkpoints").iterdir())[-1] / "state.json"
+    state.unlink()
+    state.symlink_to("/dev/zero")
+
+
+def final_with(name: str, make) -> callable:
+    """A copy of the run's final/ whose file `name` is replaced by what `make(path)` leaves there."""
+    def setup(w, t):
+        shutil.copytree(w / "run" / "final", t / "final")
+        (t / "final" / name).unlink()
+        make(t / "final" / name)
+    return setup
+
+
 def same_output_as_input(w, t):
     (t / "q.txt").write_text("Girls Ballet Tutu Neon Pink\n")
 
@@ -366,6 +381,10 @@ CASES = [
                                                              "--model", "tiny", "--max-length", "64", "--batch-size",
                                                              "4", "--max-steps", "3"],
      edited_state(lambda d: d.update(batch_in_epoch=10**9)), "past the epoch's end"),
+    ("train: --resume from a state.json that never ends", ["train", TOKENS, "--out", "{tmp}/run", "--resume",
+                                                           "--model", "tiny", "--max-length", "64", "--batch-size",
+                                                           "4", "--max-steps", "3"],
+     endless_state, "state.json is not a readable state file"),
     ("train: --max-length past the model's positions", ["train", TOKENS, "--out", "{tmp}/run", "--model", "tiny",
                                                         "--max-length", "1000"], None, "longer than model"),
     ("train: --quantize nf4 without LoRA", ["train", TOKENS, "--out", "{tmp}/run", "--quantize", "nf4"], None,
@@ -525,6 +544,21 @@ CASES = [
      "--max-length must be"),
     ("train: --vram past the planner's lengths", ["train", TOKENS, "--out", "{tmp}/r", "--vram", "6", "--max-length",
                                                   "10000"], None, "--vram plans examples of at most"),
+    # a device is no catalogue: /dev/zero never ends, /dev/urandom is endless rejects
+    ("etl: input is a device", ["etl", "/dev/zero", "--out", "{tmp}/o"], None, "/dev/zero is a device"),
+    ("demo: --input is a device", ["demo", "--input", "/dev/urandom", "--out", "{tmp}/d"], None, "is a device"),
+    ("generate: --input is a device", ["generate", RUN + "/final", "--input", "/dev/zero"], None, "is a device"),
+    ("tokenize: manifest replaced by an endless file", ["tokenize", "{tmp}/clean", "--out", "{tmp}/tok"],
+     damaged_etl(lambda c: ((c / "manifest.json").unlink(), (c / "manifest.json").symlink_to("/dev/zero"))),
+     "larger than 64 MB"),
+    # a model folder's files are read by transformers whole: a device or a giant there never ends
+    ("generate: the model's config.json is a device", ["generate", "{tmp}/final", "q"],
+     final_with("config.json", lambda p: p.symlink_to("/dev/zero")), "config.json is not a plain file"),
+    ("generate: the model's tokenizer.json is a pipe", ["generate", "{tmp}/final", "q"],
+     final_with("tokenizer.json", os.mkfifo), "tokenizer.json is not a plain file"),
+    ("eval: the tuned model's config.json is huge", ["eval", "--base", "tiny", "--tuned", "{tmp}/final", "--data",
+                                                    TOKENS, "--out", "{tmp}/e", "--samples", "1"],
+     final_with("config.json", lambda p: p.write_bytes(b" " * (17 << 20))), "too large to be a model's config"),
 ]
 
 
@@ -614,6 +648,22 @@ def test_hostile_input_from_a_pipe_and_stdin(world, tmp_path):
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["records_kept"] == 50
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="a pty and `<&-` are POSIX")
+def test_etl_of_standard_input_that_is_a_terminal_or_closed_is_refused_not_waited_on(tmp_path):
+    import pty
+
+    _, terminal = pty.openpty()
+    env = {**os.environ, "SHARDTUNE_PLAIN_LOGS": "1"}
+    etl = [sys.executable, "-m", "shardtune.cli", "etl", "-", "--out", str(tmp_path / "out")]
+    typed = subprocess.run(etl, stdin=terminal, capture_output=True, env=env, timeout=120)
+    closed = subprocess.run(["sh", "-c", '"$0" "$@" <&-', *etl], capture_output=True, env=env, timeout=120)
+    os.close(terminal)
+    for result, what in ((typed, "a terminal here"), (closed, "which is closed")):
+        err = result.stderr.decode().strip().splitlines()
+        assert result.returncode == 2 and len(err) == 1 and what in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
 def test_ctrl_c_or_sigterm_to_the_whole_group_ends_etl_in_one_line(tmp_path, sig, code, word):
     """A terminal's Ctrl-C (and `timeout`'s SIGTERM) reaches the workers too: they leave the clean-up
@@ -658,3 +708,21 @@ def test_a_lock_taken_on_a_file_an_ending_run_removed_is_taken_again(tmp_path, m
             with files.locked(tmp_path / "out", "second"):
                 pass
     assert not (tmp_path / "out").exists()  # created by the run, left as found
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="flock is POSIX")
+@pytest.mark.parametrize("junk", [b"\xff\xfe" * (4 << 20) + b"\n", b"\x1b[2J\x1b[31mfake\n", b""])
+def test_a_held_lock_file_of_junk_still_says_in_one_line_that_the_folder_is_in_use(tmp_path, junk):
+    import fcntl
+
+    from shardtune.files import LOCK, UserError, locked
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / LOCK).write_bytes(junk)
+    with open(tmp_path / "out" / LOCK, "rb") as other:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held by something that wrote no holder line
+        with pytest.raises(UserError) as refused:
+            with locked(tmp_path / "out", "etl"):
+                pass
+    message = str(refused.value)
+    assert message.startswith(f"{tmp_path / 'out'} is in use by another process") and len(message) < 400, message

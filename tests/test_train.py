@@ -460,6 +460,19 @@ def test_a_non_finite_figure_is_logged_as_null_so_metrics_jsonl_stays_json(tmp_p
     assert "NaN" not in line and "Infinity" not in line
 
 
+def test_metrics_jsonl_is_read_line_by_line_within_bounds(tmp_path):
+    """What a kill or a hand edit leaves (a torn line, bytes that are not UTF-8, a line of megabytes)
+    is skipped, never held whole; the entries around it are read."""
+    (tmp_path / "metrics.jsonl").write_bytes(b'{"type": "train", "step": 1}\n{"type": "tr\n\xff\xfe{}\n'
+                                             + b"x" * (3 << 20) + b'\n{"type": "eval", "step": 2}\n')
+    assert MetricsLog(tmp_path).read() == [{"type": "train", "step": 1}, {"type": "eval", "step": 2}]
+    assert MetricsLog(tmp_path).read("eval") == [{"type": "eval", "step": 2}]
+    (tmp_path / "metrics.jsonl").unlink()
+    (tmp_path / "metrics.jsonl").symlink_to("/dev/zero")
+    with pytest.raises(UserError, match="metrics file .* is a device"):
+        MetricsLog(tmp_path).read()
+
+
 def test_resuming_a_finished_run_repeats_no_step(tokens, tmp_path):
     run_train(tokens, tmp_path / "run", small(max_steps=2))
     before = (tmp_path / "run" / "metrics.jsonl").read_text()

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from shardtune.errors import UserError
-from shardtune.files import commit_folder, tmp_path
+from shardtune.files import commit_folder, read_small_file, tmp_path
 from shardtune.manifest import from_json
 from shardtune.models.adapters import load_weights, save_weights
 
@@ -103,7 +103,7 @@ def load_checkpoint(path: Path, model, optimizer, device: torch.device) -> Train
     except (ValueError, KeyError, RuntimeError) as e:
         raise UserError(f"cannot resume from {path}: its optimizer state does not fit this model ({e})") from None
     rng = _read(path / "rng.pt", lambda p: torch.load(p, weights_only=True), "random state")
-    state = _read(path / "state.json", lambda p: json.loads(p.read_text()), "state file")
+    state = _read(path / "state.json", lambda p: json.loads(read_small_file(p, "state file")), "state file")
     try:
         state = from_json(TrainState, state)
         if min(state.step, state.epoch, state.batch_in_epoch, state.bad_steps) < 0:

@@ -16,9 +16,10 @@ import math
 from pathlib import Path
 
 from shardtune.errors import UserError
-from shardtune.files import atomic_open
+from shardtune.files import atomic_open, check_not_device
 
 FILE = "metrics.jsonl"
+LINE_LIMIT = 1 << 20  # an entry is a few hundred bytes
 
 
 TENSORBOARD = "tensorboard"  # RUN_DIR/tensorboard/: event files, with --report-to tensorboard
@@ -60,12 +61,18 @@ class MetricsLog:
         """Every entry (of one `kind`, "train" or "eval"); a line torn by a kill is skipped."""
         if not self.path.exists():
             return []
+        check_not_device(self.path, "metrics file")  # a device in its place would never end
         entries = []
-        with open(self.path, encoding="utf-8") as f:
-            for line in f:
+        with open(self.path, "rb") as f:
+            # bounded lines: one far longer than any entry (a replaced file) is skipped, never held whole
+            while line := f.readline(LINE_LIMIT):
+                if len(line) == LINE_LIMIT and not line.endswith(b"\n"):
+                    while (rest := f.readline(LINE_LIMIT)) and not rest.endswith(b"\n"):
+                        pass
+                    continue
                 try:
                     entry = json.loads(line)
-                except ValueError:
+                except (ValueError, RecursionError):  # a torn line, or not UTF-8
                     continue
                 if isinstance(entry, dict) and (kind is None or entry.get("type") == kind):
                     entries.append(entry)

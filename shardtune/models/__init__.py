@@ -110,6 +110,7 @@ def check_model(name: str) -> None:
         if not (folder / "config.json").exists() and not (folder / ADAPTER_CONFIG).exists():
             raise UserError(f"{name} is not a model folder (no config.json); give a run's final/ folder or a "
                             "Hugging Face model folder")
+        check_plain_files(folder)
         return
     if looks_like_path(name):
         raise UserError(f"model folder not found: {name}")
@@ -121,6 +122,29 @@ def check_model(name: str) -> None:
         AutoConfig.from_pretrained(name, local_files_only=not online)
     except (OSError, ValueError) as e:
         raise (UserError(f"cannot load model {name!r}: {first_line(e)}") if online else _not_cached(name)) from None
+
+
+MODEL_FILES = (".json", ".txt", ".model", ".safetensors", ".tiktoken", ".bin")  # what the loaders may read
+SMALL_JSON_BYTES = 16 << 20  # config.json and its kin are kilobytes; tokenizer.json is read by `tokenizers`
+
+
+def check_plain_files(folder: Path) -> None:
+    """Refuse a model folder whose files are not plain files (a device, a pipe in the place of
+    config.json: transformers would read it without end) or whose small JSON files are huge."""
+    import stat
+
+    for path in folder.iterdir():
+        if not path.name.endswith(MODEL_FILES):
+            continue
+        try:
+            info = path.stat()
+        except OSError:
+            continue  # a broken link: the loader names the file it misses
+        if not stat.S_ISREG(info.st_mode) and not stat.S_ISDIR(info.st_mode):
+            raise UserError(f"{path} is not a plain file (a device or a pipe); put the model's own file there")
+        if path.name.endswith("config.json") and info.st_size > SMALL_JSON_BYTES:
+            raise UserError(f"{path} is {info.st_size >> 20} MB, too large to be a model's config; "
+                            "put the model's own file there")
 
 
 def refuse_checkpoint(folder: Path) -> None:
@@ -157,6 +181,8 @@ def load_for_inference(name: str) -> Loaded:
     require_name(name)
     folder = Path(name).expanduser()
     refuse_checkpoint(folder)
+    if is_local(name) and folder.is_dir():
+        check_plain_files(folder)
     info = RunInfo.read(folder) if is_local(name) and folder.is_dir() else None
     if is_fresh_only(name):
         torch.manual_seed(42)  # the weights `shardtune train --model tiny` starts from
