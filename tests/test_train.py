@@ -469,7 +469,11 @@ def test_metrics_jsonl_is_read_line_by_line_within_bounds(tmp_path):
     assert MetricsLog(tmp_path).read("eval") == [{"type": "eval", "step": 2}]
     (tmp_path / "metrics.jsonl").unlink()
     (tmp_path / "metrics.jsonl").symlink_to("/dev/zero")
-    with pytest.raises(UserError, match="metrics file .* is a device"):
+    with pytest.raises(UserError, match="is not a plain file"):
+        MetricsLog(tmp_path).read()
+    (tmp_path / "metrics.jsonl").unlink()
+    os.mkfifo(tmp_path / "metrics.jsonl")  # no writer: opening it would wait for ever
+    with pytest.raises(UserError, match="is not a plain file"):
         MetricsLog(tmp_path).read()
 
 

@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 
 from shardtune.errors import UserError
-from shardtune.files import atomic_open, check_not_device
+from shardtune.files import atomic_open
 
 FILE = "metrics.jsonl"
 LINE_LIMIT = 1 << 20  # an entry is a few hundred bytes
@@ -61,7 +61,8 @@ class MetricsLog:
         """Every entry (of one `kind`, "train" or "eval"); a line torn by a kill is skipped."""
         if not self.path.exists():
             return []
-        check_not_device(self.path, "metrics file")  # a device in its place would never end
+        if not self.path.is_file():  # a device or a pipe in its place would never end
+            raise UserError(f"{self.path} is not a plain file; move it away to start the run's log afresh")
         entries = []
         with open(self.path, "rb") as f:
             # bounded lines: one far longer than any entry (a replaced file) is skipped, never held whole

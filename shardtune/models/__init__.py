@@ -129,8 +129,9 @@ SMALL_JSON_BYTES = 16 << 20  # config.json and its kin are kilobytes; tokenizer.
 
 
 def check_plain_files(folder: Path) -> None:
-    """Refuse a model folder whose files are not plain files (a device, a pipe in the place of
-    config.json: transformers would read it without end) or whose small JSON files are huge."""
+    """Refuse a model folder whose files are not plain files (a device or a pipe in the place of
+    config.json or tokenizer.json: the loaders skip it or choke on it, far from the cause) or
+    whose config files are too large to be read whole."""
     import stat
 
     for path in folder.iterdir():
