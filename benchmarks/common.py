@@ -49,7 +49,7 @@ def scratch_dir(workdir: str) -> Path:
     """A benchmark's --workdir: new, empty, or an earlier benchmark's (it holds SCRATCH_MARK). Any other
     folder is refused: the benchmark writes and replaces runs there (a stage's output would be spoilt)."""
     from shardtune.errors import UserError
-    from shardtune.files import LOCK
+    from shardtune.lock import LOCK
 
     folder = Path(workdir)
     if folder.exists() and not folder.is_dir():

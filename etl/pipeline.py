@@ -19,13 +19,15 @@ from typing import IO, Iterator
 
 from shardtune.console import log, meter
 from shardtune.errors import UserError
-from shardtune.files import InBackground, atomic_open, check_output_dir, locked, prepare_output_dir
+from shardtune.files import InBackground, atomic_open, check_output_dir, prepare_output_dir
+from shardtune.lock import locked
 from shardtune.manifest import EtlManifest, InputFile
 
 from .config import EtlConfig
 from .fields import check_fields, schema
 from .filters import apply_filters, default_filters, settle
-from .read import Batch, InputReader, Span
+from .lines import Span
+from .read import Batch, InputReader
 from .workers import Cleaned, decode_and_clean, start
 from .shards import DROPPED_SCHEMA, OWNED_FILES, ShardWriter
 

@@ -5,8 +5,8 @@ line is decoded on its own (msgspec, against the record schema), so a bad line
 costs only itself: it comes back as a `Malformed` with its line number and raw
 bytes, and reading goes on. Memory is bounded by the block, the read chunk and
 `max_line_bytes`: a longer line is quarantined, and held whole only inside a span of a
-plain file that is read in one call (WHOLE_SPAN_BYTES at most); anywhere else it is
-skipped while streaming.
+plain file that is read in one call (`lines.WHOLE_SPAN_BYTES` at most); anywhere else it is
+skipped while streaming. Splitting into lines is `lines.py`'s, a JSON array's elements `json_array.py`'s.
 
 NDJSON is read as Blocks of raw lines, cut by line count and by bytes, which
 `decode_lines` turns into records in a worker process: reading and splitting
@@ -18,7 +18,6 @@ depend on how many workers decoded it.
 from __future__ import annotations
 
 import gzip
-import io
 import os
 import stat
 import sys
@@ -37,18 +36,8 @@ from shardtune.files import check_not_device, wide_encoding
 
 from .fields import Fields, Schema
 from .fields import schema as record_schema
-
-REJECT_BYTES = 1024  # raw text kept per malformed line
-CHUNK_BYTES = 4 << 20  # bytes read at a time
-
-
-class _TooLong(bytes):
-    """The head of a line longer than max_line_bytes; the rest was skipped unread into memory."""
-
-
-class _Broken(bytes):
-    """Marks where a compressed stream broke off (its text is the reason)."""
-
+from .json_array import MAX_DEPTH, TOO_DEEP, array_items, encodable
+from .lines import REJECT_BYTES, Block, BrokenStream, Span, line_lists
 
 @dataclass
 class Malformed:
@@ -64,43 +53,6 @@ class Batch:
     malformed: list[Malformed] = field(default_factory=list)
     lines: int = 0  # input lines (or array elements) this batch covers
     position: int = 0  # bytes of the (compressed) input file consumed so far
-
-
-@dataclass
-class Span:
-    """Lines [start, end) of a plain NDJSON file, by byte offsets: a worker reads them itself.
-    Its lines are numbered from 1; the main process adds the lines before it."""
-
-    path: str
-    start: int
-    end: int
-    position: int
-
-
-@dataclass
-class Block:
-    """Raw NDJSON lines, the number of the first, and the input bytes read after them. The lines
-    travel to a worker joined by newlines (one bytes object pickles as one copy, thousands of
-    small ones do not); a line judged while streaming (too long, a broken stream) travels as
-    an empty line plus its marker in `marked`."""
-
-    data: bytes
-    first_line: int
-    position: int
-    marked: dict[int, bytes] = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, lines: list[bytes], first_line: int, position: int) -> "Block":
-        marked = {i: line for i, line in enumerate(lines) if type(line) is not bytes}
-        if marked:
-            lines = [b"" if i in marked else line for i, line in enumerate(lines)]
-        return cls(b"\n".join(lines), first_line, position, marked)
-
-    def lines(self) -> list[bytes]:
-        lines = self.data.split(b"\n")
-        for i, marker in self.marked.items():
-            lines[i] = marker
-        return lines
 
 
 def _classify(err: Exception, line: bytes = b"x") -> tuple[str, str]:
@@ -280,7 +232,7 @@ class InputReader:
             try:
                 batch.records.append(msgspec.convert(obj, self.schema.type))
             except msgspec.ValidationError as e:
-                raw = msgspec.json.encode(obj)[:REJECT_BYTES] if _encodable(obj) else repr(obj).encode()[:REJECT_BYTES]
+                raw = msgspec.json.encode(obj)[:REJECT_BYTES] if encodable(obj) else repr(obj).encode()[:REJECT_BYTES]
                 batch.malformed.append(Malformed(index, *_classify(e), raw))
             if batch.lines >= self.batch_lines:
                 batch.position = self._consumed()
@@ -288,149 +240,6 @@ class InputReader:
                 batch = Batch()
         batch.position = self.size
         yield batch
-
-
-def line_lists(stream: BinaryIO, limit: int, first: bool = True) -> Iterator[list[bytes]]:
-    """Raw lines, one list per read chunk (splitting in C keeps the per-line cost low).
-
-    A line over `limit` bytes comes as a _TooLong holding its head (the rest is skipped
-    without being held), and a corrupt compressed stream ends with a _Broken. `first`:
-    the stream starts the file, where a UTF-8 byte-order mark is not part of the first record.
-    """
-    tail = b""
-    too_long: _TooLong | None = None
-    while True:
-        try:
-            # read1: one underlying read, so a corrupt gzip loses no line decoded before it
-            chunk = stream.read1(CHUNK_BYTES)
-        except (OSError, EOFError, zlib.error) as e:  # truncated or corrupt gzip
-            yield [_Broken(f"compressed stream broken off: {e}".encode())]
-            return
-        if not chunk:
-            break
-        if first and chunk.startswith(b"\xef\xbb\xbf"):
-            chunk = chunk[3:]
-        first = False
-        lines: list[bytes] = []
-        if too_long is not None:
-            end = chunk.find(b"\n")
-            if end < 0:
-                continue
-            lines.append(too_long)
-            too_long, chunk = None, chunk[end + 1:]
-        parts = (tail + chunk).split(b"\n") if tail else chunk.split(b"\n")
-        tail = parts.pop()
-        if len(tail) > limit:
-            too_long, tail = _TooLong(tail[:REJECT_BYTES]), b""
-        yield lines + parts if lines else parts
-    if too_long is not None:
-        yield [too_long]
-    elif tail:  # a last line without a newline
-        yield [tail]
-
-
-class _Range(io.RawIOBase):
-    """Bytes [start, end) of a file, read as a stream."""
-
-    def __init__(self, path: str, start: int, end: int) -> None:
-        self.file = open(path, "rb", buffering=0)
-        self.file.seek(start)
-        self.left = end - start
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        n = min(len(buffer), self.left)
-        if n <= 0:
-            return 0
-        got = self.file.readinto(memoryview(buffer)[:n]) or 0
-        self.left -= got
-        return got
-
-    def close(self) -> None:
-        self.file.close()
-        super().close()
-
-
-WHOLE_SPAN_BYTES = 32 << 20  # a span up to this size is read in one call
-
-
-def span_lines(span: Span, max_line_bytes: int) -> list[bytes]:
-    """The lines of a span, read by the worker itself: nothing crosses a pipe. A span is read
-    whole and split once (less than half the cost of streaming it through a buffer), unless a
-    line far over max_line_bytes makes it long: then it streams, holding no more than that limit."""
-    if span.end - span.start <= WHOLE_SPAN_BYTES:
-        with open(span.path, "rb", buffering=0) as f:
-            pieces, at = [], span.start
-            while at < span.end and (piece := os.pread(f.fileno(), span.end - at, at)):
-                pieces.append(piece)  # one piece, unless the file system reads short (NFS, FUSE)
-                at += len(piece)
-        data = b"".join(pieces)  # one piece comes back as it is, uncopied
-        if span.start == 0 and data.startswith(b"\xef\xbb\xbf"):
-            data = data[3:]
-        lines = data.split(b"\n")
-        if not lines[-1]:  # the span's last newline, or nothing at all
-            lines.pop()
-        return lines  # a line over max_line_bytes is quarantined by decode_lines
-    with io.BufferedReader(_Range(span.path, span.start, span.end), CHUNK_BYTES) as stream:
-        return [line for chunk in line_lists(stream, max_line_bytes, first=span.start == 0) for line in chunk]
-
-
-MAX_DEPTH = 64  # a catalogue record nests a few levels; deeper is a broken file or an attack
-TOO_DEEP = object()  # stands for an array element nested deeper than MAX_DEPTH, never built
-_OPEN = {"start_map": dict, "start_array": list}
-
-
-def array_items(stream: BinaryIO) -> Iterator[object]:
-    """The elements of a JSON array, built from ijson's flat events (no per-event prefix strings,
-    whose length grows with the depth) with the nesting bounded: an element deeper than MAX_DEPTH
-    comes as TOO_DEEP, skipped without being built, so memory stays bounded whatever the input."""
-    events = ijson.basic_parse(stream, use_float=True)
-    for event, _ in events:
-        if event != "start_array":
-            raise ijson.JSONError("the file is not a JSON array")
-        break
-    stack: list = []  # containers being built, innermost last
-    keys: list = []  # the pending key of each map on the stack
-    skipped = 0  # depth inside an element that is too deep
-    for event, value in events:
-        if skipped:
-            skipped += 1 if event in _OPEN else -1 if event in ("end_map", "end_array") else 0
-            if not skipped and not stack:
-                yield TOO_DEEP
-            continue
-        if event in _OPEN:
-            if len(stack) >= MAX_DEPTH:  # drop the whole element: skip to its end, counting depth
-                skipped = len(stack) + 1
-                stack.clear(), keys.clear()
-                continue
-            stack.append(_OPEN[event]())
-            keys.append(None)
-            continue
-        if event == "map_key":
-            keys[-1] = value
-            continue
-        if event in ("end_map", "end_array"):
-            if not stack:  # the end of the top array: anything after it is data that would go uncounted
-                for _ in events:
-                    raise ijson.JSONError("data after the end of the JSON array")
-                return
-            value, _ = stack.pop(), keys.pop()
-        if not stack:
-            yield value
-        elif isinstance(stack[-1], dict):
-            stack[-1][keys[-1]] = value
-        else:
-            stack[-1].append(value)
-
-
-def _encodable(obj: object) -> bool:
-    try:
-        msgspec.json.encode(obj)
-        return True
-    except (TypeError, msgspec.EncodeError):
-        return False
 
 
 def decode_lines(lines: list[bytes], first_line: int, position: int, max_line_bytes: int, schema: Schema) -> Batch:
@@ -445,7 +254,7 @@ def decode_lines(lines: list[bytes], first_line: int, position: int, max_line_by
                 flag(Malformed(lineno, *_classify(e, line), line[:REJECT_BYTES].rstrip(b"\r")))
             except RecursionError:  # nested deeper than the decoder's stack
                 flag(Malformed(lineno, "too_deep", "nested too deep", line[:REJECT_BYTES]))
-        elif type(line) is _Broken:
+        elif type(line) is BrokenStream:
             flag(Malformed(lineno, "broken_stream", line.decode(), b""))
         else:
             flag(Malformed(lineno, "line_too_long", f"line longer than {max_line_bytes} bytes", line[:REJECT_BYTES]))

@@ -75,7 +75,8 @@ def decode_and_clean(item, config) -> tuple[Any, Cleaned]:
     from .clean import clean_frame
     from .fields import schema
     from .filters import apply_filters, default_filters
-    from .read import Block, Span, decode_lines, span_lines
+    from .lines import Block, Span, span_lines
+    from .read import decode_lines
 
     record = schema(config.fields())
     if isinstance(item, Span):

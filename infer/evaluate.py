@@ -18,7 +18,8 @@ from rich.table import Table
 
 from shardtune.console import TableConsole, log
 from shardtune.errors import UserError
-from shardtune.files import atomic_open, check_output_dir, check_outside, locked, prepare_output_dir, write_json
+from shardtune.files import atomic_open, check_output_dir, check_outside, prepare_output_dir, write_json
+from shardtune.lock import locked
 from shardtune.models import check_model, refuse_checkpoint
 from shardtune.manifest import TokensManifest
 from shardtune.template import PromptTemplate

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
-from .files import LOCK, locked
+from .lock import LOCK, locked
 from .options import Config, option
 
 

@@ -215,6 +215,7 @@ def test_a_bad_line_in_a_later_span_keeps_its_own_line_number(tmp_path):
 def test_blocks_and_spans_depend_on_the_input_alone_not_on_how_it_was_read(tmp_path, monkeypatch):
     import random
 
+    import shardtune.etl.lines as lines_module
     import shardtune.etl.read as read
 
     r = random.Random(0)
@@ -234,7 +235,7 @@ def test_blocks_and_spans_depend_on_the_input_alone_not_on_how_it_was_read(tmp_p
 
     for batch_lines, batch_bytes in ((7, 10**9), (10**9, 1024), (50, 5000), (13, 1100)):
         for chunk in (1024, 4096, 1 << 16):
-            monkeypatch.setattr(read, "CHUNK_BYTES", chunk)
+            monkeypatch.setattr(lines_module, "CHUNK_BYTES", chunk)
             reader = read.InputReader(path, batch_lines, 1 << 20, batch_bytes)
             assert [b.lines() for b in reader._blocks()] == by_hand(batch_lines, batch_bytes)
             spans = list(reader._spans())
@@ -247,6 +248,7 @@ def test_blocks_and_spans_depend_on_the_input_alone_not_on_how_it_was_read(tmp_p
 
 
 def test_a_span_read_whole_gives_what_streaming_it_gives(tmp_path, monkeypatch):
+    import shardtune.etl.lines as lines
     import shardtune.etl.read as read
     from shardtune.etl.fields import Fields, schema
 
@@ -255,19 +257,19 @@ def test_a_span_read_whole_gives_what_streaming_it_gives(tmp_path, monkeypatch):
                      + b'"}\n' + b"{broken\n" + json.dumps(rec(uid="b")).encode())  # no newline at the end
 
     def judged(whole_span_bytes):
-        monkeypatch.setattr(read, "WHOLE_SPAN_BYTES", whole_span_bytes)
+        monkeypatch.setattr(lines, "WHOLE_SPAN_BYTES", whole_span_bytes)
         reader = read.InputReader(path, 10**9, 1000, 1024)
         out = []
         for span in reader._spans():
-            batch = read.decode_lines(read.span_lines(span, 1000), 1, 0, 1000, schema(Fields()))
+            batch = read.decode_lines(lines.span_lines(span, 1000), 1, 0, 1000, schema(Fields()))
             out.append(([r.f0 for r in batch.records], [(m.line, m.kind, m.raw) for m in batch.malformed]))
         reader.close()
         return out
 
     whole = judged(1 << 30)
     assert whole == judged(0)  # 0: every span streams
-    real_pread = read.os.pread
-    monkeypatch.setattr(read.os, "pread", lambda fd, n, at: real_pread(fd, min(n, 100), at))  # a file system reading short
+    real_pread = lines.os.pread
+    monkeypatch.setattr(lines.os, "pread", lambda fd, n, at: real_pread(fd, min(n, 100), at))  # a file system reading short
     assert judged(1 << 30) == whole
     assert [kind for _, bad in whole for _, kind, _ in bad] == ["blank_line", "line_too_long", "invalid_json"]
     assert [uid for uids, _ in whole for uid in uids] == ["a", "b"]

@@ -20,6 +20,7 @@ import pytest
 
 from conftest import rec, synth_tokens, write_lines
 from shardtune.cli import main
+from shardtune.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,7 @@ def flip_byte(path: Path) -> None:
 
 
 def hold_lock(folder: Path):
-    from shardtune.files import locked
+    from shardtune.lock import locked
 
     lock = locked(folder, "test")
     lock.__enter__()
@@ -688,24 +689,24 @@ def test_a_lock_taken_on_a_file_an_ending_run_removed_is_taken_again(tmp_path, m
     """A run ending in a folder it created removes its lock file and the folder. Another run that
     opened the lock file just before gets the lock on a file nobody can see: it must notice and lock
     the file that is there now, or a third run would write the same folder beside it."""
-    import shardtune.files as files
+    import shardtune.lock as lock
 
-    take = files._lock
+    take = lock._lock
     calls = []
 
     def ending_run_removes_the_file(handle, unlock=False):
         if not unlock and not calls:
-            (tmp_path / "out" / files.LOCK).unlink()  # what the ending run's clean-up does
+            (tmp_path / "out" / lock.LOCK).unlink()  # what the ending run's clean-up does
             (tmp_path / "out").rmdir()
         calls.append(unlock)
         take(handle, unlock)
 
-    monkeypatch.setattr(files, "_lock", ending_run_removes_the_file)
-    with files.locked(tmp_path / "out", "first"):
-        monkeypatch.setattr(files, "_lock", take)
-        assert "shardtune first" in (tmp_path / "out" / files.LOCK).read_text()
-        with pytest.raises(files.UserError, match="in use by shardtune first"):
-            with files.locked(tmp_path / "out", "second"):
+    monkeypatch.setattr(lock, "_lock", ending_run_removes_the_file)
+    with lock.locked(tmp_path / "out", "first"):
+        monkeypatch.setattr(lock, "_lock", take)
+        assert "shardtune first" in (tmp_path / "out" / lock.LOCK).read_text()
+        with pytest.raises(UserError, match="in use by shardtune first"):
+            with lock.locked(tmp_path / "out", "second"):
                 pass
     assert not (tmp_path / "out").exists()  # created by the run, left as found
 
@@ -715,7 +716,7 @@ def test_a_lock_taken_on_a_file_an_ending_run_removed_is_taken_again(tmp_path, m
 def test_a_held_lock_file_of_junk_still_says_in_one_line_that_the_folder_is_in_use(tmp_path, junk):
     import fcntl
 
-    from shardtune.files import LOCK, UserError, locked
+    from shardtune.lock import LOCK, locked
 
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / LOCK).write_bytes(junk)

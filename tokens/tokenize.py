@@ -21,7 +21,8 @@ import pyarrow.parquet as pq
 from shardtune import __version__
 from shardtune.console import log, meter
 from shardtune.errors import UserError, first_line
-from shardtune.files import check_output_dir, check_outside, inside, locked, prepare_output_dir
+from shardtune.files import check_output_dir, check_outside, inside, prepare_output_dir
+from shardtune.lock import locked
 from shardtune.manifest import MANIFEST, EtlManifest, SplitStats, TokensManifest
 from shardtune.template import PromptTemplate
 

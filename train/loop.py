@@ -22,7 +22,8 @@ import torch
 
 from shardtune.console import log, meter
 from shardtune.errors import UserError
-from shardtune.files import LOCK, check_outside, commit_folder, locked, read_json, tmp_path, write_json
+from shardtune.files import check_outside, commit_folder, read_json, tmp_path, write_json
+from shardtune.lock import LOCK, locked
 from shardtune.manifest import RunInfo, TokensManifest
 from shardtune.models import enable_activation_checkpointing, load_model, require_name
 from shardtune.models.adapters import add_lora, is_peft, merge_adapter, quantize_nf4, unwrap

