@@ -75,9 +75,11 @@ def quiet_transformers() -> None:
     interleave with ours; shardtune reports progress itself. And bitsandbytes, imported by peft,
     logs a warning on every CPU with AVX512-BF16 that an optional kernel from the hub is not
     installed (`kernels`): it speeds its CPU 4-bit inference only, and shardtune takes nothing
-    from the hub at run time."""
+    from the hub at run time. Where `kernels` is installed (transformers 5.25 requires it),
+    it logs instead that offline mode skips its publisher check: the same non-event."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    logging.getLogger("kernels").setLevel(logging.ERROR)
     try:
         from transformers.utils import logging as hf_logging
 

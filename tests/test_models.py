@@ -68,7 +68,8 @@ def test_adding_lora_prints_no_library_warnings(preset, recwarn):
 
 
 def test_importing_bitsandbytes_logs_nothing():
-    # on a CPU with AVX512-BF16 its import logs a warning about an optional kernel from the hub
+    # on a CPU with AVX512-BF16 its import logs a warning about an optional kernel from the hub, or,
+    # with `kernels` installed (transformers requires it), that offline mode skips its publisher check
     code = "from shardtune.models.adapters import bitsandbytes; bitsandbytes('QLoRA', 'LoRA')"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stderr == "", done.stderr
