@@ -19,9 +19,10 @@ from typing import IO, Iterator
 
 from shardtune.console import log, meter
 from shardtune.errors import UserError
-from shardtune.files import InBackground, atomic_open, check_output_dir, prepare_output_dir
+from shardtune.files import atomic_open, check_output_dir, prepare_output_dir
 from shardtune.lock import locked
 from shardtune.manifest import EtlManifest, InputFile
+from shardtune.shard_writer import InBackground
 
 from .config import EtlConfig
 from .fields import check_fields, schema

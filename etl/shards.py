@@ -18,7 +18,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from shardtune.files import RollingShardWriter, file_crc32
+from shardtune.files import file_crc32
+from shardtune.shard_writer import RollingShardWriter
 from shardtune.manifest import Shard
 
 SCHEMA = pa.schema([("uid", pa.string()), ("title", pa.string()), ("content", pa.string())])

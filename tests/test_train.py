@@ -17,9 +17,10 @@ from shardtune.models.gpt2 import GPT2
 from shardtune.tokens.shards import TokenShards
 from shardtune.train.config import TrainConfig
 from shardtune.train.data import collate, epoch_batches
-from shardtune.train.loop import Trainer, lr_at, run_train
+from shardtune.train.loop import Trainer, run_train
 from shardtune.train.loss import AnswerLoss, batch_loss
 from shardtune.train.metrics import MetricsLog
+from shardtune.train.optim import lr_at
 
 
 @pytest.fixture(scope="module")
@@ -357,7 +358,7 @@ def test_a_steady_state_step_never_reads_a_value_back_from_the_device(tokens, tm
 
 
 def test_the_sync_detector_sees_a_read_back(tokens, tmp_path, monkeypatch):
-    from shardtune.train.loop import Counters
+    from shardtune.train.counters import Counters
 
     original = Counters.add
     monkeypatch.setattr(Counters, "add", lambda self, loss, *a: (float(loss), original(self, loss, *a))[1])

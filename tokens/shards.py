@@ -29,7 +29,8 @@ import numpy as np
 import pyarrow as pa
 
 from shardtune.errors import UserError, first_line
-from shardtune.files import RollingShardWriter, file_crc32
+from shardtune.files import file_crc32
+from shardtune.shard_writer import RollingShardWriter
 from shardtune.manifest import TokenShard
 
 SHARD_GLOB = "tokens-*.arrow"

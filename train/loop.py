@@ -3,7 +3,8 @@
 Read top to bottom: Trainer.__init__ builds everything from the token manifest and
 the config; run() evaluates, then repeats train_step() while
 should_continue_training(), logging, evaluating and checkpointing on schedule;
-finish() writes RUN_DIR/final in Hugging Face format.
+finish() writes RUN_DIR/final in Hugging Face format. What the loop refuses before it
+starts is in preflight.py, the export in export.py, the log window in counters.py.
 Under `torchrun --nproc_per_node N` the same command trains with DDP: every rank
 reads its own share of the batches, rank 0 alone writes.
 """
@@ -13,8 +14,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,70 +21,23 @@ import torch
 
 from shardtune.console import log, meter
 from shardtune.errors import UserError
-from shardtune.files import check_outside, commit_folder, read_json, tmp_path, write_json
-from shardtune.lock import LOCK, locked
-from shardtune.manifest import RunInfo, TokensManifest
+from shardtune.files import check_outside, write_json
+from shardtune.lock import locked
+from shardtune.manifest import TokensManifest
 from shardtune.models import enable_activation_checkpointing, load_model, require_name
-from shardtune.models.adapters import add_lora, is_peft, merge_adapter, quantize_nf4, unwrap
+from shardtune.models.adapters import add_lora, quantize_nf4, unwrap
 from shardtune.tokens.shards import TokenShards
 
 from .checkpoint import TrainState, checkpoint_dirs, load_checkpoint, save_checkpoint
 from .config import TrainConfig
+from .counters import Counters
 from .data import Prefetcher, collate, epoch_batches, length_buckets
 from .device import cap_gpu_memory, choose_precision, peak_memory_mb
+from .export import export_model
 from .loss import AnswerLoss, batch_loss, summed_loss
 from .metrics import MetricsLog, describe
-from .optim import make_optimizer, skips_on_device
-
-
-# What a run folder may hold, and the options --resume must keep (the data position depends on them).
-RUN_FILES = {"config.json", "metrics.jsonl", "checkpoints", "final", "adapter", "tensorboard"}
-RESUME_FIELDS = ("model", "from_scratch", "max_length", "batch_size", "grad_accum", "loss_on", "seed",
-                 "length_buckets", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "quantize", "optim")
-
-
-def lr_at(step: int, total: int, config: TrainConfig) -> float:
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, total - config.warmup_steps)
-    if config.schedule == "cosine":
-        return config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return config.lr * max(0.0, 1 - progress)
-
-
-class Counters:
-    """What the steps since the last log line add up to. The loss, the gradient norm and the
-    non-finite count stay on the device, so that no step waits for the GPU; they are read
-    back once per log line (and before an evaluation or a checkpoint)."""
-
-    def __init__(self, device: torch.device, bad_run: int = 0) -> None:
-        zero = lambda: torch.zeros((), device=device)  # noqa: E731
-        self.loss, self.skipped, self.grad_norm = zero(), zero(), zero()
-        self.bad_run = zero() + bad_run  # non-finite steps in a row, across log lines
-        self.bad_max = self.bad_run.clone()  # the longest such run since the last read
-        self.steps = self.real = self.padded = 0
-        self.start = time.perf_counter()
-
-    def add(self, loss: torch.Tensor, grad_norm: torch.Tensor, bad: torch.Tensor, real: int, padded: int) -> None:
-        self.loss += torch.where(bad, 0.0, loss)
-        self.skipped += bad
-        self.bad_run = (self.bad_run + 1) * bad
-        self.bad_max = torch.maximum(self.bad_max, self.bad_run)
-        self.grad_norm = grad_norm
-        self.steps, self.real, self.padded = self.steps + 1, self.real + real, self.padded + padded
-
-    def read(self, world: int) -> dict:
-        """The window's figures: the one read-back from the device, then a fresh window."""
-        loss, skipped, grad_norm, bad_run, bad_max = torch.stack(
-            [self.loss, self.skipped, self.grad_norm, self.bad_run, self.bad_max]).tolist()
-        elapsed = max(time.perf_counter() - self.start, 1e-9)
-        out = {"loss": loss / max(1, self.steps), "grad_norm": grad_norm, "skipped": int(skipped),
-               "bad_run": int(bad_run), "bad_max": int(bad_max), "tokens_per_s": self.real * world / elapsed,
-               "padding": self.padded / max(1, self.real + self.padded)}
-        self.loss.zero_(), self.skipped.zero_(), self.bad_max.copy_(self.bad_run)
-        self.steps = self.real = self.padded = 0
-        self.start = time.perf_counter()
-        return out
+from .optim import lr_at, make_optimizer, skips_on_device
+from .preflight import check_model_reads_tokens, check_run_folder, check_something_to_learn
 
 
 class Trainer:
@@ -112,7 +64,7 @@ class Trainer:
         self.train_data, self.val_data = shards("train"), shards("val")
         if len(self.train_data) == 0:
             raise UserError(f"{tokens_dir} holds no training examples")
-        self._check_something_to_learn()
+        check_something_to_learn(config, self.train_data, self.val_data)
         # Few shapes: batch lengths from a fixed set chosen from the data; on a GPU also a fixed
         # number of rows, and predicted positions rounded up, so matrix shapes repeat.
         lengths = np.concatenate([self.train_data.lengths, self.val_data.lengths])
@@ -162,7 +114,7 @@ class Trainer:
         torch.manual_seed(c.seed)
         model = load_model(c.model, from_scratch=c.from_scratch, vocab_size=self.manifest.vocab_size,
                            eos_id=self.manifest.eos_id)
-        self._check_vocab(model)
+        check_model_reads_tokens(model, c, self.manifest, self.train_data, self.val_data)
         compute = self.precision.autocast_dtype or torch.float32
         if c.quantize == "nf4":
             model = quantize_nf4(model, compute, self.device)
@@ -199,67 +151,10 @@ class Trainer:
         return torch.compile(unwrap(self.model).base_model, mode=mode)
 
     def _check_run_dir(self) -> None:
-        """A new run needs an empty folder; --resume needs a shardtune run of the same data and shape.
-        Rank 0 then holds the folder's lock until the run ends."""
-        run = self.run_dir
-        if run.exists() and not run.is_dir():
-            raise UserError(f"{run} is a file; give a folder with --out")
-        entries = {p.name for p in run.iterdir()} - {LOCK} if run.exists() else set()
-        if not self.config.resume and entries:
-            raise UserError(f"run folder {run} is not empty; use --resume to continue that run, or choose another --out")
-        if self.config.resume and entries:
-            self._check_same_run(entries)  # before the lock: a folder that is not a run is not touched
+        """The folder checks (preflight.py), then rank 0 holds the folder's lock until the run ends."""
+        check_run_folder(self.run_dir, self.config, self.manifest, self.tokens_dir)
         if self.is_rank0:
-            self._lock.enter_context(locked(run, "train"))
-
-    def _check_same_run(self, entries: set[str]) -> None:
-        """--resume continues only a shardtune run (its files alone, nothing is deleted otherwise)
-        whose data position means the same: same token folder, batch, seed and model."""
-        run = self.run_dir
-        foreign = sorted(e for e in entries if e.removesuffix(".tmp") not in RUN_FILES)  # .tmp: a kill mid-write
-        saved = read_json(run / "config.json", "run config") if (run / "config.json").exists() else None
-        if foreign or not isinstance(saved, dict) or not isinstance(saved.get("train"), dict):
-            what = f"it holds {', '.join(foreign[:3])}" if foreign else "it has no shardtune config.json"
-            raise UserError(f"{run} is not a shardtune run ({what}); give the folder of the run to resume")
-        mine = self.config.to_dict()
-        differ = [f"--{k.replace('_', '-')} {saved['train'].get(k)!r} -> {mine[k]!r}" for k in RESUME_FIELDS
-                  if saved["train"].get(k) != mine[k]]
-        if saved.get("tokens_fingerprint") != self.manifest.fingerprint:
-            differ.append(f"token folder {saved.get('tokens')} -> {self.tokens_dir}")
-        if differ:
-            raise UserError(f"--resume would continue {run} with other settings, and the data position depends on "
-                            f"them: {'; '.join(differ)}; resume with the run's own, or start a new --out")
-        for final in ("final", "adapter"):
-            if (run / final).exists() and not (run / final / "shardtune.json").exists():
-                raise UserError(f"{run / final} holds files shardtune did not write; move them before resuming")
-
-    def _check_something_to_learn(self) -> None:
-        """Refuse a --max-length that cuts every example before its answer (nothing to learn, a
-        validation loss of 0/0). Counts the predicted positions as `collate` makes them."""
-        c = self.config
-        for name, data in (("training", self.train_data), ("validation", self.val_data)):
-            if not len(data):
-                continue
-            kept = np.minimum(data.lengths, c.max_length)
-            first = np.minimum(data.prompt_lengths(), kept) if c.loss_on != "prompt+answer" else 0
-            if int(np.maximum(kept - np.maximum(first, 1), 0).sum()) == 0:
-                raise UserError(f"--max-length {c.max_length} leaves no token to learn from in the {name} examples "
-                                f"(their prompts fill it); raise --max-length")
-
-    def _check_vocab(self, model) -> None:
-        positions = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
-        if positions and self.config.max_length > positions:
-            raise UserError(f"--max-length {self.config.max_length:,} is longer than model {self.config.model!r} can "
-                            f"read ({positions:,} positions); use at most {positions:,}")
-        model_vocab = model.get_input_embeddings().num_embeddings
-        if model_vocab < self.manifest.vocab_size:
-            raise UserError(f"the token shards come from {self.manifest.tokenizer!r} ({self.manifest.vocab_size:,} "
-                            f"tokens) but model {self.config.model!r} knows {model_vocab:,}; tokenize with the "
-                            "model's own tokenizer")
-        largest = max(self.train_data.max_id(), self.val_data.max_id())  # an id past the embedding: a GPU assert
-        if largest >= model_vocab:
-            raise UserError(f"the token shards hold id {largest:,}, past the {model_vocab:,} ids of model "
-                            f"{self.config.model!r}; the shards do not match their manifest: re-run `shardtune tokenize`")
+            self._lock.enter_context(locked(self.run_dir, "train"))
 
     def _resume(self) -> None:
         found = checkpoint_dirs(self.run_dir)
@@ -454,39 +349,9 @@ class Trainer:
             torch.distributed.barrier()
 
     def finish(self) -> None:
-        """RUN_DIR/final: a Hugging Face model folder plus the tokenizer and how to prompt it; with
-        LoRA also RUN_DIR/adapter, the adapter alone (peft loads it), and final/ has it merged in."""
-        if not self.is_rank0:
-            return
-        model = self.model
-        if is_peft(model):
-            self._export(self.run_dir / "adapter", model.save_pretrained)
-            model = self._merged()
-        self._export(self.run_dir / "final", unwrap(model).save_pretrained)
-
-    def _merged(self):
-        """The trained adapter merged into a full-precision base, rebuilt as training built it."""
-        if self.config.quantize == "none":
-            return self.model.merge_and_unload()
-        torch.manual_seed(self.config.seed)
-        base = load_model(self.config.model, from_scratch=self.config.from_scratch,
-                          vocab_size=self.manifest.vocab_size, eos_id=self.manifest.eos_id)
-        return merge_adapter(base, self.run_dir / "adapter")
-
-    def _export(self, folder: Path, save) -> None:
-        """Write `save(folder)`, the tokenizer and shardtune.json to a temporary folder, then rename."""
-        from shardtune.tokens.tokenizer import load_tokenizer
-
-        tmp = tmp_path(folder)
-        shutil.rmtree(tmp, ignore_errors=True)
-        save(tmp, safe_serialization=True)
-        load_tokenizer(self.manifest.tokenizer).save_pretrained(tmp)
-        RunInfo(template=self.manifest.template, template_hash=self.manifest.template_hash,
-                tokenizer=self.manifest.tokenizer, max_length=self.config.max_length,
-                train_config=self.config.to_dict(), tokens_dir=str(self.tokens_dir),
-                run_dir=str(self.run_dir.resolve()), vocab_size=self.manifest.vocab_size,
-                eos_id=self.manifest.eos_id).write(tmp)
-        commit_folder(tmp, folder)
+        """RUN_DIR/final, and RUN_DIR/adapter with LoRA (export.py)."""
+        if self.is_rank0:
+            export_model(self.model, self.run_dir, self.config, self.manifest, self.tokens_dir)
 
     def close(self) -> None:
         if self._prefetcher is not None:

@@ -1,7 +1,10 @@
 """The optimizer, over the trainable parameters only (with LoRA, the adapters): fused AdamW,
-or bitsandbytes' 8-bit AdamW, whose two moments take 2 bytes a parameter instead of 8."""
+or bitsandbytes' 8-bit AdamW, whose two moments take 2 bytes a parameter instead of 8; and
+the learning-rate schedule it follows (warmup, then linear or cosine decay)."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -31,3 +34,12 @@ def make_optimizer(model, config: TrainConfig, device: torch.device) -> torch.op
 def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
     """Whether the optimizer can skip a step from a device flag (fused AdamW's found_inf)."""
     return bool(getattr(optimizer, "_step_supports_amp_scaling", False))
+
+
+def lr_at(step: int, total: int, config: TrainConfig) -> float:
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, total - config.warmup_steps)
+    if config.schedule == "cosine":
+        return config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return config.lr * max(0.0, 1 - progress)

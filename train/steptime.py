@@ -195,7 +195,7 @@ def shardtune_step(batch: int, length: int, rows: int):
     """This loop's train_step (train/loop.py), operator for operator: AnswerLoss's forward and
     backward (chunked output layer), clipping, the non-finite flag, fused AdamW that skips on
     it, and the on-device log counters; no read-back."""
-    from .loop import Counters
+    from .counters import Counters
     from .loss import AnswerLoss
 
     def make(device: str):

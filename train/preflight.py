@@ -1,0 +1,89 @@
+"""What `shardtune train` refuses before its first step, each in one line: a run folder that
+is not empty (or, with --resume, not a shardtune run of the same data and shape), a
+--max-length that leaves nothing to learn, and a model that cannot read the token shards.
+
+Each check runs before anything is written, so a refused run leaves the folder as it was.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from shardtune.errors import UserError
+from shardtune.files import read_json
+from shardtune.lock import LOCK
+from shardtune.manifest import TokensManifest
+from shardtune.tokens.shards import TokenShards
+
+from .config import TrainConfig
+
+# What a run folder may hold, and the options --resume must keep (the data position depends on them).
+RUN_FILES = {"config.json", "metrics.jsonl", "checkpoints", "final", "adapter", "tensorboard"}
+RESUME_FIELDS = ("model", "from_scratch", "max_length", "batch_size", "grad_accum", "loss_on", "seed",
+                 "length_buckets", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "quantize", "optim")
+
+
+def check_run_folder(run: Path, config: TrainConfig, manifest: TokensManifest, tokens_dir: Path) -> None:
+    """A new run needs an empty folder; --resume needs a shardtune run of the same data and shape."""
+    if run.exists() and not run.is_dir():
+        raise UserError(f"{run} is a file; give a folder with --out")
+    entries = {p.name for p in run.iterdir()} - {LOCK} if run.exists() else set()
+    if not config.resume and entries:
+        raise UserError(f"run folder {run} is not empty; use --resume to continue that run, or choose another --out")
+    if config.resume and entries:
+        _check_same_run(run, entries, config, manifest, tokens_dir)
+
+
+def _check_same_run(run: Path, entries: set[str], config: TrainConfig, manifest: TokensManifest,
+                    tokens_dir: Path) -> None:
+    """--resume continues only a shardtune run (its files alone, nothing is deleted otherwise)
+    whose data position means the same: same token folder, batch, seed and model."""
+    foreign = sorted(e for e in entries if e.removesuffix(".tmp") not in RUN_FILES)  # .tmp: a kill mid-write
+    saved = read_json(run / "config.json", "run config") if (run / "config.json").exists() else None
+    if foreign or not isinstance(saved, dict) or not isinstance(saved.get("train"), dict):
+        what = f"it holds {', '.join(foreign[:3])}" if foreign else "it has no shardtune config.json"
+        raise UserError(f"{run} is not a shardtune run ({what}); give the folder of the run to resume")
+    mine = config.to_dict()
+    differ = [f"--{k.replace('_', '-')} {saved['train'].get(k)!r} -> {mine[k]!r}" for k in RESUME_FIELDS
+              if saved["train"].get(k) != mine[k]]
+    if saved.get("tokens_fingerprint") != manifest.fingerprint:
+        differ.append(f"token folder {saved.get('tokens')} -> {tokens_dir}")
+    if differ:
+        raise UserError(f"--resume would continue {run} with other settings, and the data position depends on "
+                        f"them: {'; '.join(differ)}; resume with the run's own, or start a new --out")
+    for final in ("final", "adapter"):
+        if (run / final).exists() and not (run / final / "shardtune.json").exists():
+            raise UserError(f"{run / final} holds files shardtune did not write; move them before resuming")
+
+
+def check_something_to_learn(config: TrainConfig, train: TokenShards, val: TokenShards) -> None:
+    """Refuse a --max-length that cuts every example before its answer (nothing to learn, a
+    validation loss of 0/0). Counts the predicted positions as `collate` makes them."""
+    for name, data in (("training", train), ("validation", val)):
+        if not len(data):
+            continue
+        kept = np.minimum(data.lengths, config.max_length)
+        first = np.minimum(data.prompt_lengths(), kept) if config.loss_on != "prompt+answer" else 0
+        if int(np.maximum(kept - np.maximum(first, 1), 0).sum()) == 0:
+            raise UserError(f"--max-length {config.max_length} leaves no token to learn from in the {name} examples "
+                            f"(their prompts fill it); raise --max-length")
+
+
+def check_model_reads_tokens(model, config: TrainConfig, manifest: TokensManifest, train: TokenShards,
+                             val: TokenShards) -> None:
+    """The model reads --max-length positions and knows every id in the shards."""
+    positions = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+    if positions and config.max_length > positions:
+        raise UserError(f"--max-length {config.max_length:,} is longer than model {config.model!r} can "
+                        f"read ({positions:,} positions); use at most {positions:,}")
+    model_vocab = model.get_input_embeddings().num_embeddings
+    if model_vocab < manifest.vocab_size:
+        raise UserError(f"the token shards come from {manifest.tokenizer!r} ({manifest.vocab_size:,} "
+                        f"tokens) but model {config.model!r} knows {model_vocab:,}; tokenize with the "
+                        "model's own tokenizer")
+    largest = max(train.max_id(), val.max_id())  # an id past the embedding: a GPU assert
+    if largest >= model_vocab:
+        raise UserError(f"the token shards hold id {largest:,}, past the {model_vocab:,} ids of model "
+                        f"{config.model!r}; the shards do not match their manifest: re-run `shardtune tokenize`")
