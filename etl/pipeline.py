@@ -23,6 +23,7 @@ from shardtune.files import atomic_open, check_output_dir, prepare_output_dir
 from shardtune.lock import locked
 from shardtune.manifest import EtlManifest, InputFile
 from shardtune.shard_writer import InBackground
+from shardtune.workers import signals_held
 
 from .config import EtlConfig
 from .fields import check_fields, schema
@@ -104,8 +105,12 @@ def cleaned_batches(readers: list[InputReader], files: list[InputFile], config: 
                     job = (item, config)
                     # a JSON array's batch comes decoded here, its records not picklable: cleaned here too
                     remote = pool is not None and not isinstance(item, Batch)
-                    in_flight.append((info, done_bytes, isinstance(item, Span),
-                                      pool.submit(decode_and_clean, *job) if remote else _Done(decode_and_clean(*job))))
+                    if remote:
+                        with signals_held():  # a submit may start a worker: see shardtune.workers
+                            future = pool.submit(decode_and_clean, *job)
+                    else:
+                        future = _Done(decode_and_clean(*job))
+                    in_flight.append((info, done_bytes, isinstance(item, Span), future))
                     while len(in_flight) > (workers if pool else 0):
                         yield _take(in_flight)
             finally:

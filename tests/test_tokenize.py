@@ -140,6 +140,36 @@ def test_a_second_run_on_unchanged_input_skips_the_work(tmp_path, capsys):
     assert TokensManifest.read(tmp_path / "tok").max_length == 64
 
 
+def test_a_tokenizer_folder_edited_since_is_not_up_to_date_and_training_refuses_it(tmp_path, gpt2_tokenizer, capsys):
+    """The same tokenizer name can make other ids: a local folder edited (two ids swapped) redoes the
+    shards, and a run refuses shards whose tokenizer has changed since, before its first step."""
+    import json
+
+    from shardtune.train.config import TrainConfig
+    from shardtune.train.loop import run_train
+
+    folder = tmp_path / "mytok"
+    gpt2_tokenizer.save_pretrained(folder)
+    clean = etl_folder(tmp_path, PRODUCTS)
+    config = TokenizeConfig(tokenizer=str(folder), max_length=64, val_fraction=0.3)
+
+    def swap_the_and_and():
+        data = json.loads((folder / "tokenizer.json").read_text())
+        vocab = data["model"]["vocab"]
+        vocab["\u0120the"], vocab["\u0120and"] = vocab["\u0120and"], vocab["\u0120the"]
+        (folder / "tokenizer.json").write_text(json.dumps(data))
+
+    before = run_tokenize(clean, tmp_path / "tok", config)
+    swap_the_and_and()
+    capsys.readouterr()
+    after = run_tokenize(clean, tmp_path / "tok", config)
+    assert "up to date" not in capsys.readouterr().err and after.tokenizer_digest != before.tokenizer_digest
+    swap_the_and_and()  # back as it was: the shards are stale now
+    with pytest.raises(UserError, match="has changed since `shardtune tokenize`"):
+        run_train(tmp_path / "tok", tmp_path / "run", TrainConfig(model="tiny", max_steps=1, max_length=64))
+    assert not (tmp_path / "run").exists()
+
+
 def test_token_shards_are_checked_against_the_counts_of_their_manifest(tmp_path):
     tokens = synth_tokens(tmp_path, 300, seed=5)
     m = TokensManifest.read(tokens)

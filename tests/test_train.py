@@ -462,12 +462,17 @@ def test_a_non_finite_figure_is_logged_as_null_so_metrics_jsonl_stays_json(tmp_p
 
 
 def test_metrics_jsonl_is_read_line_by_line_within_bounds(tmp_path):
-    """What a kill or a hand edit leaves (a torn line, bytes that are not UTF-8, a line of megabytes)
-    is skipped, never held whole; the entries around it are read."""
-    (tmp_path / "metrics.jsonl").write_bytes(b'{"type": "train", "step": 1}\n{"type": "tr\n\xff\xfe{}\n'
+    """What a kill or a hand edit leaves (a torn line, bytes that are not UTF-8, a line of megabytes,
+    an entry without an integer step or with a figure that is not a number) is skipped, never held
+    whole; the entries around it are read."""
+    edited = b'{"type": "eval", "step": null}\n{"type": "train", "step": "x"}\n{"type": "eval", "step": 2, ' \
+             b'"val_loss": "low"}\n[1, 2]\ntrue\n{"type": "train", "step": true}\n{"type": "lunch", "step": 4}\n'
+    (tmp_path / "metrics.jsonl").write_bytes(b'{"type": "train", "step": 1}\n{"type": "tr\n\xff\xfe{}\n' + edited
                                              + b"x" * (3 << 20) + b'\n{"type": "eval", "step": 2}\n')
     assert MetricsLog(tmp_path).read() == [{"type": "train", "step": 1}, {"type": "eval", "step": 2}]
     assert MetricsLog(tmp_path).read("eval") == [{"type": "eval", "step": 2}]
+    MetricsLog(tmp_path).truncate_after(1)  # what --resume does: an edited step once stopped it with a TypeError
+    assert MetricsLog(tmp_path).read() == [{"type": "train", "step": 1}]
     (tmp_path / "metrics.jsonl").unlink()
     (tmp_path / "metrics.jsonl").symlink_to("/dev/zero")
     with pytest.raises(UserError, match="is not a plain file"):

@@ -17,6 +17,7 @@ from multiprocessing import get_context
 import numpy as np
 
 from shardtune.template import PromptTemplate
+from shardtune.workers import signals_held
 
 from .tokenizer import Encoder
 
@@ -132,7 +133,8 @@ class BatchEncoder:
             return
         in_flight: list[Future] = []
         for titles, contents in batches:
-            in_flight.append(self._pool.submit(_encode_in_worker, titles, contents))
+            with signals_held():  # a submit may start a worker: see shardtune.workers
+                in_flight.append(self._pool.submit(_encode_in_worker, titles, contents))
             if len(in_flight) > self.workers:
                 yield in_flight.pop(0).result()
         for future in in_flight:

