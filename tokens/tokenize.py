@@ -34,19 +34,22 @@ from .tokenizer import Encoder, eos_id, load_tokenizer, tokenizer_digest
 SPLITS = ("train", "val")
 
 
-def fingerprint(etl: EtlManifest, tokenizer_name: str, digest: str, eos: int, config: TokenizeConfig) -> str:
+def fingerprint(etl: EtlManifest, tokenizer_name: str, tokenizer_key: dict, eos: int, config: TokenizeConfig) -> str:
+    """Of everything the shards depend on. `tokenizer_key` is {"tokenizer_digest": ...}; manifests
+    written before 2026-12-04 hashed {"vocab": size} there, and are still recognised."""
     key = {"etl": {"shards": [vars(s) for s in etl.shards], "inputs": [vars(i) for i in etl.inputs]},
-           "tokenizer": tokenizer_name, "tokenizer_digest": digest, "eos": eos, "template": config.template,
+           "tokenizer": tokenizer_name, **tokenizer_key, "eos": eos, "template": config.template,
            "max_length": config.max_length, "val_fraction": config.val_fraction,
            "shard_tokens": config.shard_tokens, "version": __version__}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _up_to_date(out: Path, print_: str) -> TokensManifest | None:
-    """The earlier output, if it was made from the same input and options and is still whole."""
+def _up_to_date(out: Path, print_: str, older: str) -> TokensManifest | None:
+    """The earlier output, if it was made from the same input and options and is still whole
+    (`older`: the fingerprint as a manifest without the tokenizer's digest has it)."""
     try:
         old = TokensManifest.read(out)
-        if old.fingerprint != print_:
+        if old.fingerprint != print_ and (old.tokenizer_digest or old.fingerprint != older):
             return None
         old.verify(out)  # a truncated or replaced shard is not up to date
     except UserError:
@@ -107,9 +110,10 @@ def run_tokenize(parquet_dir: Path, out: Path, config: TokenizeConfig | None = N
     template = PromptTemplate(config.template)
     tokenizer = load_tokenizer(config.tokenizer)
     eos, digest = eos_id(tokenizer), tokenizer_digest(tokenizer)
-    print_ = fingerprint(etl, config.tokenizer, digest, eos, config)
+    print_ = fingerprint(etl, config.tokenizer, {"tokenizer_digest": digest}, eos, config)
+    older = fingerprint(etl, config.tokenizer, {"vocab": len(tokenizer)}, eos, config)
     with locked(out, "tokenize"):
-        if not config.force and (old := _up_to_date(out, print_)) is not None:
+        if not config.force and (old := _up_to_date(out, print_, older)) is not None:
             log(f"tokenize: {out} is up to date with {parquet_dir} (same input, tokenizer and options); nothing to do")
             return old
         return _tokenize(parquet_dir, out, config, etl, template, tokenizer, print_, digest)

