@@ -106,7 +106,8 @@ def _evaluate(base: str, tuned: str, data: Path, out: Path, config: EvalConfig, 
         log(f"eval: {role} model {name} ...")
         answerer = Answerer.load(name)
         check_vocabulary(answerer, manifest, name)
-        run_dir = answerer.run_dir or run_dir
+        if role == "tuned":  # the curve is the tuned model's run, or none: never the base's, shown as the tuned's
+            run_dir = answerer.run_dir
         if questions is None:
             decode = lambda ids: answerer.tokenizer.decode(ids.tolist(), skip_special_tokens=True)  # noqa: E731
             pairs = [val[i] for i in picks]

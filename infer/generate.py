@@ -118,6 +118,8 @@ def questions_in(path: Path) -> Iterator[str | None]:
         if encoding:  # every line would be unusable: say what the whole file is
             raise UserError(f"--input {path} is {encoding} text; convert it to UTF-8 first "
                             f"(iconv -f {encoding} -t UTF-8 ...)")
+        if f.peek(3)[:3] == b"\xef\xbb\xbf":  # a UTF-8 byte-order mark (Notepad's): not part of the first question
+            f.read(3)
         for raw in _raw_lines(f):
             try:
                 line = raw.decode("utf-8").strip() if raw is not None else None

@@ -28,6 +28,9 @@ class Terminated(KeyboardInterrupt):
 
 
 def _terminate(signum, frame):
+    # one is enough: a second SIGTERM (`timeout`'s or a supervisor's, to the whole group) landing in the
+    # clean-up would interrupt it, or escape main() as a traceback; main() restores the handler it found
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise Terminated
 
 

@@ -639,6 +639,21 @@ CASES = [
      "cannot extract pkg/m.gguf"),
     ("convert: a damaged LZMA wheel", ["convert", "{tmp}/m.whl", "--out", "{tmp}/m"], broken_wheel("lzma"),
      "cannot extract pkg/m.gguf"),
+    ("plan: heads that do not divide the width", ["plan", "--model", "{tmp}/final"],
+     lambda w, t: (shutil.copytree(w / "run" / "final", t / "final"),
+                   edit_json(t / "final" / "config.json", lambda d: d.update(n_head=3))), "do not divide it evenly"),
+    ("plan: a negative inner width", ["plan", "--model", "{tmp}/final"],
+     lambda w, t: (shutil.copytree(w / "run" / "final", t / "final"),
+                   edit_json(t / "final" / "config.json", lambda d: d.update(n_inner=-5))), "has n_inner = -5"),
+    ("plan: a model shorter than --max-length", ["plan", "--model", "{tmp}/final"],
+     lambda w, t: (shutil.copytree(w / "run" / "final", t / "final"),
+                   edit_json(t / "final" / "config.json", lambda d: d.update(n_positions=32))),
+     "longer than model"),
+    ("train --vram: key-value heads that do not divide the heads", ["train", TOKENS, "--out", "{tmp}/r", "--model",
+                                                                   "{tmp}/m", "--vram", "6"],
+     lambda w, t: ((t / "m").mkdir(), (t / "m" / "config.json").write_text(json.dumps(
+         {"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 3,
+          "num_hidden_layers": 1, "intermediate_size": 128, "vocab_size": 50304}))), "do not divide it evenly"),
     ("generate: weights of another shape than the config's", ["generate", "{tmp}/final", "q"],
      lambda w, t: (shutil.copytree(w / "run" / "final", t / "final"),
                    edit_json(t / "final" / "config.json", lambda d: d.update(n_embd=d["n_embd"] * 2))),
@@ -787,6 +802,22 @@ def test_interactive_questions_are_read_within_bounds(world, tmp_path):
     piped = subprocess.run(generate, input=b"x" * (3 << 20) + b"\nexit\n", capture_output=True, env=env, timeout=300)
     err = piped.stderr.decode()
     assert piped.returncode == 0 and "longer than 64 KB" in err and "Traceback" not in err, err
+
+
+def test_a_second_sigterm_does_not_interrupt_the_clean_up_of_the_first():
+    """`timeout` or a supervisor may send SIGTERM twice; the second once landed in the clean-up the
+    first started and escaped as a traceback (shardtune.cli.Terminated)."""
+    from shardtune import cli
+
+    previous = signal.signal(signal.SIGTERM, cli._terminate)
+    try:
+        with pytest.raises(cli.Terminated):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)  # the handler runs here, in the main thread
+        os.kill(os.getpid(), signal.SIGTERM)  # during the clean-up: ignored
+        time.sleep(0.1)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def test_ctrl_c_while_tokenize_workers_start_prints_no_traceback_of_theirs(tmp_path):

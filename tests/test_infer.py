@@ -121,6 +121,30 @@ def test_eval_reports_both_models(run, tmp_path):
     assert (tmp_path / "eval" / "loss.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_the_loss_curve_is_the_tuned_models_run_or_none(run, tmp_path):
+    """A tuned model shardtune did not train has no curve: the base's run must not be shown as its own."""
+    import shutil
+
+    from shardtune.infer.evaluate import run_eval
+
+    plain = tmp_path / "plain"  # the same weights, as any Hugging Face folder
+    shutil.copytree(run / "run" / "final", plain)
+    (plain / "shardtune.json").unlink()
+    run_eval(str(run / "run" / "final"), str(plain), run / "tokens", tmp_path / "eval",
+             EvalConfig(samples=1, eval_examples=8, max_new_tokens=2))
+    assert not (tmp_path / "eval" / "loss.png").exists()
+    assert "loss.png" not in (tmp_path / "eval" / "report.md").read_text()
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_question(tmp_path):
+    from shardtune.infer.generate import questions_in
+
+    (tmp_path / "q.jsonl").write_bytes(b'\xef\xbb\xbf{"title": "ok mug"}\r\n{"title": "red lamp"}\r\n')
+    (tmp_path / "q.txt").write_bytes(b"\xef\xbb\xbfBlue Mug\r\nRed Lamp\r\n")
+    assert list(questions_in(tmp_path / "q.jsonl")) == ["ok mug", "red lamp"]
+    assert list(questions_in(tmp_path / "q.txt")) == ["Blue Mug", "Red Lamp"]
+
+
 def test_token_f1():
     from shardtune.infer.evaluate import token_f1
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -498,3 +499,32 @@ def test_a_gpu_memory_cap_that_is_not_a_size_is_refused(monkeypatch, value):
     monkeypatch.setenv("SHARDTUNE_GPU_MEMORY_GB", value)
     with pytest.raises(UserError, match="SHARDTUNE_GPU_MEMORY_GB must be a number of GB"):
         cap_gpu_memory(torch.device("cpu"))  # refused before any CUDA call, so testable here
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"RANK": "abc", "WORLD_SIZE": "2"}, "RANK='abc' is not a process number"),
+    ({"WORLD_SIZE": ""}, "WORLD_SIZE='' is not a process number"),
+    ({"WORLD_SIZE": "-3"}, "is not a process number"),
+    ({"WORLD_SIZE": "0"}, "counts no process"),
+    ({"RANK": "5", "WORLD_SIZE": "2"}, "RANK=5 is not below WORLD_SIZE=2"),
+    ({"WORLD_SIZE": "2"}, "MASTER_ADDR and MASTER_PORT is not set"),
+])
+def test_torchrun_variables_that_no_torchrun_set_are_one_line_errors(monkeypatch, env, message):
+    from shardtune.train.device import processes
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(UserError, match=re.escape(message)):
+        processes()
+
+
+def test_a_rank_left_in_the_shell_does_not_make_a_single_run_write_nothing(tokens, tmp_path, monkeypatch):
+    """RANK=1 without WORLD_SIZE once made a plain run train, skip every write, and end with nothing."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    run_train(tokens, tmp_path / "run", TrainConfig(model="tiny", max_steps=2, batch_size=4, max_length=64,
+                                                    eval_examples=8))
+    assert (tmp_path / "run" / "final" / "model.safetensors").exists()
+

@@ -16,6 +16,42 @@ from shardtune.console import log
 from shardtune.errors import UserError
 
 
+@dataclass(frozen=True)
+class Processes:
+    """This process's place among torchrun's: `rank` writes when it is 0."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+
+def processes() -> Processes:
+    """RANK, WORLD_SIZE and LOCAL_RANK as torchrun sets them; one process when WORLD_SIZE is unset
+    or 1. A RANK left in a shell without a WORLD_SIZE is then ignored: it once made a plain run
+    train, skip every write (only rank 0 writes) and end with nothing, silently."""
+    def number(name: str) -> int | None:
+        raw = os.environ.get(name)
+        if raw is None:
+            return None
+        if not (raw.strip().isascii() and raw.strip().isdecimal()):
+            raise UserError(f"{name}={raw!r} is not a process number; unset it, or launch with torchrun, which sets it")
+        return int(raw)
+
+    world = number("WORLD_SIZE")
+    if world is None or world == 1:
+        return Processes()
+    if world == 0:
+        raise UserError("WORLD_SIZE=0 counts no process; unset it, or launch with torchrun, which sets it")
+    rank, local = number("RANK") or 0, number("LOCAL_RANK") or 0
+    if rank >= world:
+        raise UserError(f"RANK={rank} is not below WORLD_SIZE={world}; launch with torchrun, which sets both")
+    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
+    if missing:
+        raise UserError(f"WORLD_SIZE={world} asks for a distributed run, but {' and '.join(missing)} is not set; "
+                        "unset WORLD_SIZE, or launch with torchrun, which sets them all")
+    return Processes(rank, world, local)
+
+
 @dataclass
 class Precision:
     name: str  # bf16, fp16 or fp32

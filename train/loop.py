@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +32,7 @@ from .checkpoint import TrainState, checkpoint_dirs, load_checkpoint, save_check
 from .config import TrainConfig
 from .counters import Counters
 from .data import Prefetcher, collate, epoch_batches, length_buckets
-from .device import cap_gpu_memory, choose_precision, peak_memory_mb
+from .device import cap_gpu_memory, choose_precision, peak_memory_mb, processes
 from .export import export_model
 from .loss import AnswerLoss, batch_loss, summed_loss
 from .metrics import MetricsLog, describe
@@ -54,7 +53,8 @@ class Trainer:
                 f"(about {found.peak_mb:,.0f} MB, {found.tokens_per_s[default_card(config.vram)]:,.0f} tokens/s "
                 f"on an {default_card(config.vram)})")
         self.config, self.run_dir, self.tokens_dir = config, run_dir, tokens_dir
-        self.rank, self.world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        self.processes = processes()
+        self.rank, self.world = self.processes.rank, self.processes.world
         self.is_rank0 = self.rank == 0  # the one process that writes
         self.device = self._setup_device()
         self._lock = contextlib.ExitStack()  # the run folder's lock, held by rank 0 until close()
@@ -136,7 +136,7 @@ class Trainer:
         if self.world > 1 and not torch.distributed.is_initialized():
             torch.distributed.init_process_group("nccl" if cuda else "gloo")
         if cuda:
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            device = torch.device("cuda", self.processes.local_rank)
             torch.cuda.set_device(device)
             cap_gpu_memory(device)
             return device

@@ -76,13 +76,30 @@ def model_config(model_name: str):
     except Exception as e:  # a user's file: transformers' own checks raise many types (validation, division)
         raise UserError(f"cannot read the config of {model_name!r} (a preset, or a folder with config.json): "
                         f"{type(e).__name__}: {first_line(e)}") from None
-    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "intermediate_size",
-                "n_embd", "n_layer", "n_head"):
+    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "vocab_size",
+                "intermediate_size", "head_dim", "n_embd", "n_layer", "n_head", "n_inner", "n_positions",
+                "max_position_embeddings"):
         value = getattr(config, key, None)
         if value is not None and (type(value) is not int or not 0 < value < 2**31):
             raise UserError(f"the config of {model_name!r} has {key} = {value!r}; a model's shape needs whole "
                             "numbers above 0: fix its config.json")
+    width = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
+    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None)
+    groups = getattr(config, "num_key_value_heads", None) or heads
+    if width and heads and (width % heads and not getattr(config, "head_dim", None) or heads % groups):
+        raise UserError(f"the config of {model_name!r} splits a width of {width} into {heads} attention heads "
+                        f"({groups} for keys and values), which do not divide it evenly: fix its config.json")
     return config
+
+
+def check_length(model_name: str, config, length: int) -> None:
+    """The planner runs steps of `length` tokens: refused past the model's positions, as train refuses it."""
+    positions = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    if positions and length > positions:
+        from shardtune.errors import UserError
+
+        raise UserError(f"--max-length {length:,} is longer than model {model_name!r} can read ({positions:,} "
+                        f"positions); use at most {positions:,}")
 
 
 class FakeAdamW8bit:
@@ -218,6 +235,7 @@ def measure(model_name: str, technique: str, checkpointing: bool, micro_batch: i
     the same tensors and the same work, so memory and time grow by the same amount a layer and two
     depths give every depth. (Fake tensors cost about a second a layer; this costs about one in all.)"""
     config = model_config(model_name)
+    check_length(model_name, config, length)
     field_name = _layers_field(config)
     depth = getattr(config, field_name)
     def shallow(layers: int):
@@ -226,8 +244,14 @@ def measure(model_name: str, technique: str, checkpointing: bool, micro_batch: i
             fields["layer_types"] = fields["layer_types"][:layers]
         return type(config)(**fields)
 
-    one, two = (_run(shallow(layers), technique, checkpointing, micro_batch, length, dtype, lora_r)
-                for layers in (1, 2))
+    try:
+        one, two = (_run(shallow(layers), technique, checkpointing, micro_batch, length, dtype, lora_r)
+                    for layers in (1, 2))
+    except (ValueError, RuntimeError, TypeError) as e:  # a shape transformers or the kernels cannot build
+        from shardtune.errors import UserError, first_line
+
+        raise UserError(f"the config of {model_name!r} describes a model that cannot be built and run: "
+                        f"{first_line(e)}; fix its config.json") from None
 
     def at(value) -> float:
         return value(one) + (value(two) - value(one)) * (depth - 1)

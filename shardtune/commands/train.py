@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from shardtune.options import add_command
@@ -22,11 +21,12 @@ def add_parser(sub) -> None:
 
 def run(args, config) -> int:
     from shardtune.console import say
+    from shardtune.train.device import processes
     from shardtune.train.loop import run_train
     from shardtune.train.metrics import describe_eval
 
     result = run_train(args.tokens_dir, args.out, config)
-    if int(os.environ.get("RANK", 0)) == 0:  # under torchrun, one summary line
+    if processes().rank == 0:  # under torchrun, one summary line
         say(f"{result['steps']:,} steps: {describe_eval(result)}, "
             f"padding {result['padding']:.1%} -> {args.out / 'final'}")
     return 0
