@@ -39,6 +39,8 @@ def run_etl(inputs: list[Path], out: Path, config: EtlConfig | None = None) -> E
     config = (config or EtlConfig()).check()
     if not inputs:
         raise UserError("no input files given")
+    if sum(str(p) == "-" for p in inputs) > 1:  # the second would find it read to its end, and closed
+        raise UserError("- (standard input) is given more than once; it can be read only once: give it once")
     record = schema(config.fields())
     readers = [InputReader(p, config.batch_lines, config.max_line_bytes, config.batch_bytes, record)
                for p in inputs]  # fail fast on bad paths

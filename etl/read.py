@@ -82,6 +82,17 @@ def check_input(path: Path) -> None:
         raise UserError(f"input file not found: {path}")
 
 
+# What other compressors' files start with: read as text, every line would be a reject
+COMPRESSED = {b"\xfd7zXZ\x00": "xz", b"BZh": "bzip2", b"\x28\xb5\x2f\xfd": "zstd", b"\x1f\x8b": "gzip",
+              b"PK\x03\x04": "zip", b"7z\xbc\xaf\x27\x1c": "7z"}
+
+
+def _compression(head: bytes) -> str | None:
+    if head[:3] == b"BZh" and head[3:4].isdigit():
+        return "bzip2"
+    return next((name for magic, name in COMPRESSED.items() if name != "bzip2" and head.startswith(magic)), None)
+
+
 class InputReader:
     """Reads one input file in blocks or batches of at most `batch_lines` lines and about `batch_bytes`."""
 
@@ -110,13 +121,21 @@ class InputReader:
         # truncated end; a larger buffer on top would lose the lines around the break.
         self.stream: BinaryIO = gzip.GzipFile(fileobj=self.raw, mode="rb") if magic == b"\x1f\x8b" else self.raw
         try:
-            encoding = wide_encoding(self.stream.peek(4)[:4])
+            head = self.stream.peek(PEEK_BYTES)[:PEEK_BYTES]
         except (OSError, EOFError, zlib.error):  # a broken compressed stream: the reader quarantines it
-            encoding = None
-        if encoding:  # every line would be a reject: say what the whole file is
+            head = b""
+        encoding, packed = wide_encoding(head[:4]), _compression(head)
+        if encoding or packed or (b"\n" not in head and b"}\r" in head):  # every line would be a reject
             self.close()
-            raise UserError(f"input {path} is {encoding} text; convert it to UTF-8 first "
-                            f"(iconv -f {encoding} -t UTF-8 ... > {path.stem}-utf8.json)")
+            if encoding:
+                raise UserError(f"input {path} is {encoding} text; convert it to UTF-8 first "
+                                f"(iconv -f {encoding} -t UTF-8 ... > {path.stem}-utf8.json)")
+            if packed:
+                inside = " inside gzip" if self.stream is not self.raw else ""
+                raise UserError(f"input {path} is {packed}-compressed{inside}; shardtune reads plain or "
+                                "gzip-compressed JSON: decompress it first")
+            raise UserError(f"input {path} ends its lines with a lone CR (classic Mac); convert them first "
+                            f"(tr '\\r' '\\n' < {path} > {path.stem}-lf.json)")
 
     def close(self) -> None:
         self.stream.close()

@@ -18,6 +18,7 @@ from shardtune.console import log, meter
 from shardtune.errors import UserError
 from shardtune.files import check_not_device, wide_encoding
 from shardtune.template import PromptTemplate
+from shardtune.tokens.tokenizer import encode_text
 
 from .config import GenerateConfig
 
@@ -48,14 +49,14 @@ class Answerer:
         if not question:
             raise UserError("the question is empty; give a product title or a sentence about one")
         prompt, _ = self.template.split(question)
-        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        ids = encode_text(self.tokenizer, prompt)
         room = self.context - max_new_tokens
         if room < 16:
             raise UserError(f"--max-new-tokens {max_new_tokens} leaves no room for the question in the model's "
                             f"context of {self.context:,} tokens; use at most {max(1, self.context - 64):,}")
         if len(ids) > room:
             # keep the template around the title whole and cut the title from the left
-            encode = lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+            encode = lambda text: encode_text(self.tokenizer, text)  # noqa: E731
             before, after = self.template.around()
             fixed = len(encode(before)) + len(encode(after))
             keep = max(1, room - fixed)

@@ -263,6 +263,20 @@ def broken_wheel(how: str):
     return setup
 
 
+def packed_input(kind: str):
+    """The catalogue compressed by another tool than gzip (or gzipped twice), or with CR line ends."""
+    def setup(w, t):
+        import bz2
+        import gzip as gz
+        import lzma
+
+        data = (w / "trn.json").read_bytes()
+        make = {"xz": lzma.compress, "bzip2": bz2.compress, "zstd": lambda d: b"\x28\xb5\x2f\xfd" + d[:64],
+                "gzip-gzip": lambda d: gz.compress(gz.compress(d)), "cr": lambda d: d.replace(b"\n", b"\r")}
+        (t / "in.json").write_bytes(make[kind](data))
+    return setup
+
+
 def utf16_questions(w, t):
     (t / "q16.jsonl").write_bytes('{"title": "Red Hoodie"}\n'.encode("utf-16"))
 CASES = [
@@ -639,6 +653,20 @@ CASES = [
      "cannot extract pkg/m.gguf"),
     ("convert: a damaged LZMA wheel", ["convert", "{tmp}/m.whl", "--out", "{tmp}/m"], broken_wheel("lzma"),
      "cannot extract pkg/m.gguf"),
+    # the eighth sweep's: inputs that every line of would be a reject, said once; standard input twice
+    ("etl: xz-compressed input", ["etl", "{tmp}/in.json", "--out", "{tmp}/o"], packed_input("xz"), "is xz-compressed"),
+    ("etl: bzip2-compressed input", ["etl", "{tmp}/in.json", "--out", "{tmp}/o"], packed_input("bzip2"),
+     "is bzip2-compressed"),
+    ("etl: zstd-compressed input", ["etl", "{tmp}/in.json", "--out", "{tmp}/o"], packed_input("zstd"),
+     "is zstd-compressed"),
+    ("etl: gzip inside gzip", ["etl", "{tmp}/in.json", "--out", "{tmp}/o"], packed_input("gzip-gzip"),
+     "gzip-compressed inside gzip"),
+    ("etl: CR line ends", ["etl", "{tmp}/in.json", "--out", "{tmp}/o"], packed_input("cr"), "lone CR"),
+    ("etl: standard input twice", ["etl", "-", "-", "--out", "{tmp}/o"], None, "given more than once"),
+    ("etl: standard input twice over an earlier output", ["etl", "{world}/trn.json", "-", "-", "--out", "{tmp}/clean"],
+     input_in_out, "given more than once"),
+    ("tokenize: --template and --template-file", ["tokenize", CLEAN, "--out", "{tmp}/tok", "--template", "Q {title}",
+                                                  "--template-file", "{world}/questions.txt"], None, "not both"),
     ("plan: heads that do not divide the width", ["plan", "--model", "{tmp}/final"],
      lambda w, t: (shutil.copytree(w / "run" / "final", t / "final"),
                    edit_json(t / "final" / "config.json", lambda d: d.update(n_head=3))), "do not divide it evenly"),

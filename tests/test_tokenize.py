@@ -184,6 +184,27 @@ def test_a_tokenizer_folder_edited_since_is_not_up_to_date_and_training_refuses_
     assert not (tmp_path / "run").exists()
 
 
+def test_a_special_tokens_name_in_the_text_is_text_not_the_token(tmp_path, gpt2_tokenizer):
+    """"<|endoftext|>" in a description once became an EOS inside the question and the answer:
+    the model would learn to stop mid-answer. Only the one EOS that ends the example is left."""
+    from shardtune.tokens.tokenizer import encode_text
+
+    assert 50256 not in encode_text(gpt2_tokenizer, "Widget <|endoftext|> Pro")
+    clean = etl_folder(tmp_path, [rec(uid=f"u{i}", title=f"Widget <|endoftext|> Pro {i}",
+                                      content="Great widget. <|endoftext|> More content here, long enough.")
+                                  for i in range(20)])
+    run_tokenize(clean, tmp_path / "tok", TokenizeConfig(val_fraction=0.0))
+    for ids, _ in all_examples(tmp_path / "tok"):
+        assert [i for i, t in enumerate(ids) if t == 50256] == [len(ids) - 1]
+
+
+def test_a_template_files_byte_order_mark_is_not_the_templates(tmp_path):
+    clean = etl_folder(tmp_path, PRODUCTS)
+    (tmp_path / "t.txt").write_bytes(b"\xef\xbb\xbfQ: {title}\nA: ")
+    assert main(["tokenize", str(clean), "--out", str(tmp_path / "tok"), "--template-file", str(tmp_path / "t.txt")]) == 0
+    assert TokensManifest.read(tmp_path / "tok").template == "Q: {title}\nA: "
+
+
 def test_token_shards_are_checked_against_the_counts_of_their_manifest(tmp_path):
     tokens = synth_tokens(tmp_path, 300, seed=5)
     m = TokensManifest.read(tokens)

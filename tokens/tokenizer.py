@@ -103,6 +103,13 @@ def tokenizer_digest(tokenizer) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
+def encode_text(tokenizer, texts):
+    """The ids of catalogue text: a special token's name written in it ("<|endoftext|>" in a
+    description) is text, split like any other, never the token itself, which would put an EOS
+    inside a question or an answer (tiktoken's encode_ordinary reads it so too)."""
+    return tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+
 def eos_id(tokenizer) -> int:
     if tokenizer.eos_token_id is None:
         raise UserError("the tokenizer has no end-of-sequence token; shardtune needs one to teach the model to stop")
@@ -124,13 +131,13 @@ class Encoder:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         if self._tiktoken is not None:
             return [self._tiktoken.encode_ordinary(t) for t in texts]
-        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return encode_text(self.tokenizer, texts)
 
     def check_identity(self, texts: list[str]) -> bool:
         """Compare the fast path with Hugging Face on `texts`; on any difference, drop the fast path."""
         if self._tiktoken is None:
             return True
-        same = self.encode_batch(texts) == self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        same = self.encode_batch(texts) == encode_text(self.tokenizer, texts)
         if not same:
             log("tokenizer: tiktoken and Hugging Face disagree on this data; using Hugging Face")
             self._tiktoken = None

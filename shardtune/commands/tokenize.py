@@ -26,8 +26,10 @@ def run(args, config) -> int:
     from shardtune.tokens.tokenize import run_tokenize
 
     if args.template_file is not None:
-        try:
-            config.template = read_small_file(args.template_file, "--template-file").decode("utf-8")
+        if getattr(args, "template", None) is not None:  # one would be ignored: say so
+            raise UserError("give --template or --template-file, not both")
+        try:  # utf-8-sig: an editor's byte-order mark is not the template's first character
+            config.template = read_small_file(args.template_file, "--template-file").decode("utf-8-sig")
         except (OSError, UnicodeDecodeError) as e:
             raise UserError(f"cannot read --template-file {args.template_file}: {getattr(e, 'strerror', None) or e}") from None
     m = run_tokenize(args.parquet_dir, args.out, config)
