@@ -94,7 +94,7 @@ class Answerer:
 MAX_QUESTION_BYTES = 1 << 16  # a longer line is not a product title: it is skipped, and counted
 
 
-def _raw_lines(f) -> Iterator[bytes | None]:
+def bounded_lines(f) -> Iterator[bytes | None]:
     """The lines of a binary file; None for a line over MAX_QUESTION_BYTES, skipped unread."""
     while line := f.readline(MAX_QUESTION_BYTES + 1):
         if len(line) > MAX_QUESTION_BYTES and not line.endswith(b"\n"):
@@ -121,7 +121,7 @@ def questions_in(path: Path) -> Iterator[str | None]:
                             f"(iconv -f {encoding} -t UTF-8 ...)")
         if f.peek(3)[:3] == b"\xef\xbb\xbf":  # a UTF-8 byte-order mark (Notepad's): not part of the first question
             f.read(3)
-        for raw in _raw_lines(f):
+        for raw in bounded_lines(f):
             try:
                 line = raw.decode("utf-8").strip() if raw is not None else None
             except UnicodeDecodeError:

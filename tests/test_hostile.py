@@ -213,6 +213,14 @@ def weights_only(w, t):
         shutil.copy(w / "run" / "final" / name, t / "m" / name)
 
 
+def final_config(change):
+    """A copy of the run's final/ whose config.json `change` edits."""
+    def setup(w, t):
+        shutil.copytree(w / "run" / "final", t / "final")
+        edit_json(t / "final" / "config.json", change)
+    return setup
+
+
 def foreign_weights(w, t):
     """final/ whose weights are named as another architecture's file names them."""
     from safetensors.numpy import load_file, save_file
@@ -668,24 +676,18 @@ CASES = [
     ("tokenize: --template and --template-file", ["tokenize", CLEAN, "--out", "{tmp}/tok", "--template", "Q {title}",
                                                   "--template-file", "{world}/questions.txt"], None, "not both"),
     ("plan: heads that do not divide the width", ["plan", "--model", "{tmp}/final"],
-     lambda w, t: (shutil.copytree(w / "run" / "final", t / "final"),
-                   edit_json(t / "final" / "config.json", lambda d: d.update(n_head=3))), "do not divide it evenly"),
+     final_config(lambda d: d.update(n_head=3)), "do not divide it evenly"),
     ("plan: a negative inner width", ["plan", "--model", "{tmp}/final"],
-     lambda w, t: (shutil.copytree(w / "run" / "final", t / "final"),
-                   edit_json(t / "final" / "config.json", lambda d: d.update(n_inner=-5))), "has n_inner = -5"),
+     final_config(lambda d: d.update(n_inner=-5)), "has n_inner = -5"),
     ("plan: a model shorter than --max-length", ["plan", "--model", "{tmp}/final"],
-     lambda w, t: (shutil.copytree(w / "run" / "final", t / "final"),
-                   edit_json(t / "final" / "config.json", lambda d: d.update(n_positions=32))),
-     "longer than model"),
+     final_config(lambda d: d.update(n_positions=32)), "longer than model"),
     ("train --vram: key-value heads that do not divide the heads", ["train", TOKENS, "--out", "{tmp}/r", "--model",
                                                                    "{tmp}/m", "--vram", "6"],
      lambda w, t: ((t / "m").mkdir(), (t / "m" / "config.json").write_text(json.dumps(
          {"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 3,
           "num_hidden_layers": 1, "intermediate_size": 128, "vocab_size": 50304}))), "do not divide it evenly"),
     ("generate: weights of another shape than the config's", ["generate", "{tmp}/final", "q"],
-     lambda w, t: (shutil.copytree(w / "run" / "final", t / "final"),
-                   edit_json(t / "final" / "config.json", lambda d: d.update(n_embd=d["n_embd"] * 2))),
-     "holds weights of another shape"),
+     final_config(lambda d: d.update(n_embd=d["n_embd"] * 2)), "holds weights of another shape"),
     ("tokenize: a shard without its content column", ["tokenize", "{tmp}/clean", "--out", "{tmp}/tok"],
      rewritten_etl_shard(lambda table: table.drop_columns(["content"])), "it has no content column"),
     ("tokenize: a shard of null titles", ["tokenize", "{tmp}/clean", "--out", "{tmp}/tok"],

@@ -86,9 +86,9 @@ PROBES = ("Product: Girls Ballet Tutu Neon Pink\nDescription: High quality 3 lay
 
 def tokenizer_digest(tokenizer) -> str:
     """A hash of what decides the ids: the vocabulary with its added tokens, a BPE's merges, and the
-    ids of PROBES, which show the normalizer, the pre-tokenizer and the special tokens at work. A
-    folder edited after `tokenize` gives another; the same tokenizer from another library version, or
-    GPT-2's offline files and the hub's, gives the same (serialisations differ, ids do not)."""
+    ids of PROBES, as the shards are encoded, which show the normalizer and the pre-tokenizer at work.
+    A folder edited after `tokenize` gives another. No serialisation is hashed, since those change
+    between library versions while the ids do not."""
     import hashlib
     import json
 
@@ -98,7 +98,7 @@ def tokenizer_digest(tokenizer) -> str:
         model = json.loads(backend.to_str()).get("model") or {}
         # tokenizers wrote a merge as "a b" before 0.20, as ["a", "b"] since
         merges = [m.split(" ", 1) if isinstance(m, str) else list(m) for m in model.get("merges") or []]
-    ids = tokenizer(list(PROBES), add_special_tokens=False)["input_ids"]
+    ids = encode_text(tokenizer, list(PROBES))
     key = json.dumps([sorted(tokenizer.get_vocab().items()), merges, ids], ensure_ascii=False)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 

@@ -92,16 +92,6 @@ def model_config(model_name: str):
     return config
 
 
-def check_length(model_name: str, config, length: int) -> None:
-    """The planner runs steps of `length` tokens: refused past the model's positions, as train refuses it."""
-    positions = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
-    if positions and length > positions:
-        from shardtune.errors import UserError
-
-        raise UserError(f"--max-length {length:,} is longer than model {model_name!r} can read ({positions:,} "
-                        f"positions); use at most {positions:,}")
-
-
 class FakeAdamW8bit:
     """What bitsandbytes' 8-bit AdamW holds: two uint8 moments and a float scale per 256 values
     (tensors under 4,096 values keep fp32 moments); its update allocates nothing large."""
@@ -234,8 +224,10 @@ def measure(model_name: str, technique: str, checkpointing: bool, micro_batch: i
     """The step at the model's full depth, from fake runs of 1 and 2 layers: every layer repeats
     the same tensors and the same work, so memory and time grow by the same amount a layer and two
     depths give every depth. (Fake tensors cost about a second a layer; this costs about one in all.)"""
+    from shardtune.models import check_max_length
+
     config = model_config(model_name)
-    check_length(model_name, config, length)
+    check_max_length(model_name, config, length)  # refused as train refuses it
     field_name = _layers_field(config)
     depth = getattr(config, field_name)
     def shallow(layers: int):

@@ -15,6 +15,7 @@ from shardtune.errors import UserError
 from shardtune.files import read_json
 from shardtune.lock import LOCK
 from shardtune.manifest import TokensManifest
+from shardtune.models import check_max_length
 from shardtune.tokens.shards import TokenShards
 
 from .config import TrainConfig
@@ -74,10 +75,7 @@ def check_something_to_learn(config: TrainConfig, train: TokenShards, val: Token
 def check_model_reads_tokens(model, config: TrainConfig, manifest: TokensManifest, train: TokenShards,
                              val: TokenShards) -> None:
     """The model reads --max-length positions and knows every id in the shards."""
-    positions = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
-    if positions and config.max_length > positions:
-        raise UserError(f"--max-length {config.max_length:,} is longer than model {config.model!r} can "
-                        f"read ({positions:,} positions); use at most {positions:,}")
+    check_max_length(config.model, model.config, config.max_length)
     model_vocab = model.get_input_embeddings().num_embeddings
     if model_vocab < manifest.vocab_size:
         raise UserError(f"the token shards come from {manifest.tokenizer!r} ({manifest.vocab_size:,} "

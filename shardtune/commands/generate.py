@@ -87,21 +87,19 @@ def _check_interactive_stdin() -> None:
 def _questions():
     """The questions typed (with the terminal's line editing) or piped in, each line stripped; a
     piped line is read within a bound, so a stream without newlines cannot fill the memory."""
-    from shardtune.infer.generate import MAX_QUESTION_BYTES
+    from shardtune.infer.generate import MAX_QUESTION_BYTES, bounded_lines
 
-    terminal = sys.stdin.isatty()
+    piped = None if sys.stdin.isatty() else bounded_lines(sys.stdin.buffer)  # read lazily, a line per prompt
     while True:
         try:
-            if terminal:
+            if piped is None:
                 line = input("question> ")
             else:
                 print("question> ", end="", flush=True)
-                raw = sys.stdin.buffer.readline(MAX_QUESTION_BYTES + 1)
-                if not raw:
+                raw = next(piped, b"")
+                if raw == b"":
                     raise EOFError
-                if len(raw) > MAX_QUESTION_BYTES and not raw.endswith(b"\n"):
-                    while (rest := sys.stdin.buffer.readline(1 << 20)) and not rest.endswith(b"\n"):
-                        pass  # the rest of that line, read and dropped in bounded pieces
+                if raw is None:
                     print(f"that line is longer than {MAX_QUESTION_BYTES >> 10} KB, no product title; ask again",
                           file=sys.stderr)
                     continue

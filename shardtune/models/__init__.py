@@ -123,6 +123,19 @@ def _refuse_mismatched(error: Exception, name: str) -> None:
                         f"{ANOTHER_MODEL}") from None
 
 
+def positions_of(config: Any) -> int | None:
+    """How many positions a model reads: GPT-2's n_positions, Llama's max_position_embeddings."""
+    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+
+
+def check_max_length(name: str, config: Any, length: int) -> None:
+    """Train, plan and the memory bench refuse steps longer than the model reads, in the same words."""
+    positions = positions_of(config)
+    if positions and length > positions:
+        raise UserError(f"--max-length {length:,} is longer than model {name!r} can read ({positions:,} "
+                        f"positions); use at most {positions:,}")
+
+
 def check_model(name: str) -> None:
     """Fail now, in one line, where loading `name` would fail later, reading a config.json at most
     (never weights): eval checks both of its models before it spends minutes on the first."""
@@ -215,7 +228,7 @@ def load_for_inference(name: str) -> Loaded:
     tokenizer = load_tokenizer(str(Path(name).expanduser()) if is_local(name) else tokenizer_name(name))
     template = PromptTemplate(info.template) if info else PromptTemplate()
     config = model.config
-    context = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None) or 1024
+    context = positions_of(config) or 1024
     return Loaded(model, tokenizer, template, int(context), Path(info.run_dir) if info and info.run_dir else None)
 
 
