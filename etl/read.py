@@ -120,10 +120,12 @@ class InputReader:
         # GzipFile buffers by itself and hands over every line decoded before a
         # truncated end; a larger buffer on top would lose the lines around the break.
         self.stream: BinaryIO = gzip.GzipFile(fileobj=self.raw, mode="rb") if magic == b"\x1f\x8b" else self.raw
+        self._broken: Exception | None = None
         try:
             head = self.stream.peek(PEEK_BYTES)[:PEEK_BYTES]
-        except (OSError, EOFError, zlib.error):  # a broken compressed stream: the reader quarantines it
-            head = b""
+        except (OSError, EOFError, zlib.error) as e:  # a broken compressed stream: batches() quarantines it
+            # kept: a gzip cut inside its 10-byte header raises once, then reads as empty
+            head, self._broken = b"", e
         encoding, packed = wide_encoding(head[:4]), _compression(head)
         if encoding or packed or (b"\n" not in head and b"}\r" in head):  # every line would be a reject
             self.close()
@@ -167,6 +169,8 @@ class InputReader:
         """For NDJSON, Spans of a plain file (the workers read them) or Blocks of raw lines from a
         compressed file or a pipe (read here); decoded Batches for a JSON array."""
         try:
+            if self._broken is not None:
+                raise self._broken
             array = self._is_array()
         except (OSError, EOFError, zlib.error) as e:
             batch = Batch(lines=1, position=self.size)

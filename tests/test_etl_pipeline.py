@@ -120,6 +120,16 @@ def test_truncated_gzip_keeps_what_came_before(tmp_path):
     assert m.records_kept > 0 and m.malformed_reasons.get("broken_stream") == 1 and m.balanced()
 
 
+@pytest.mark.parametrize("cut", [2, 3, 9, 11])
+def test_a_gzip_cut_inside_its_header_is_a_broken_stream_not_an_empty_file(tmp_path, cut):
+    # Python's gzip raises once for a header cut short, then reads as empty: that error must count
+    packed = gzip.compress(json.dumps(rec(uid="a")).encode() + b"\n")
+    (tmp_path / "cut.json.gz").write_bytes(packed[:cut])
+    m = run_etl([tmp_path / "cut.json.gz"], tmp_path / "out", EtlConfig())
+    assert m.lines_read == 1 and m.malformed_reasons == {"broken_stream": 1} and m.balanced()
+    assert rejects(tmp_path / "out")[0]["kind"] == "broken_stream"
+
+
 def test_json_array_input_is_streamed(tmp_path):
     src = tmp_path / "trn_array.json"
     src.write_text(json.dumps([rec(uid="a"), {"uid": "b", "title": None}, rec(uid="c", content="Another good one here.")],
