@@ -147,6 +147,46 @@ def gguf_not(w, t):
     (t / "model.gguf").write_text("not a gguf")
 
 
+def tiny_gguf(path: Path, skip: str = "", nan: str = "", merge: str = "! \"") -> Path:
+    """A one-layer Llama of 64 tokens as a GGUF, with a weight left out or made NaN, or a merge of
+    tokens outside the vocabulary."""
+    import numpy as np
+
+    gguf = pytest.importorskip("gguf", reason="the gguf package is not installed (pip install -e '.[test]')")
+    v, h, f = 64, 16, 32
+    w = gguf.GGUFWriter(str(path), "llama")
+    for add, value in [("context_length", 64), ("embedding_length", h), ("block_count", 1), ("head_count", 2),
+                       ("feed_forward_length", f), ("head_count_kv", 2), ("rope_dimension_count", h // 2),
+                       ("layer_norm_rms_eps", 1e-5), ("vocab_size", v)]:
+        getattr(w, f"add_{add}")(value)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list([chr(33 + i) for i in range(v - 4)] + ["!\"", "<unk>", "<s>", "</s>"])  # no "~"
+    w.add_token_types([1] * v)
+    w.add_token_merges([merge])
+    w.add_bos_token_id(v - 2), w.add_eos_token_id(v - 1), w.add_unk_token_id(v - 3)
+    rng = np.random.default_rng(0)
+    shapes = {"token_embd.weight": (v, h), "output_norm.weight": (h,), "output.weight": (v, h),
+              "blk.0.attn_norm.weight": (h,), "blk.0.attn_q.weight": (h, h), "blk.0.attn_k.weight": (h, h),
+              "blk.0.attn_v.weight": (h, h), "blk.0.attn_output.weight": (h, h), "blk.0.ffn_norm.weight": (h,),
+              "blk.0.ffn_gate.weight": (f, h), "blk.0.ffn_up.weight": (f, h), "blk.0.ffn_down.weight": (h, f)}
+    for name, shape in shapes.items():
+        if name != skip:
+            w.add_tensor(name, rng.standard_normal(shape).astype(np.float32) * (np.nan if name == nan else 0.02))
+    w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
+    return path
+
+
+def gguf_beside(folder: str, files: dict[str, str]):
+    """A whole tiny GGUF, and `folder` of the user's own files where convert would write."""
+    def setup(w, t):
+        tiny_gguf(t / "model.gguf")
+        (t / folder).mkdir()
+        for name, text in files.items():
+            (t / folder / name).write_text(text)
+    return setup
+
+
 def locked_out(w, t):
     (t / "out").mkdir()
     return hold_lock(t / "out")
@@ -549,6 +589,18 @@ CASES = [
      lambda w, t: (t / "model.gguf").write_bytes(b"GGUF\x03\x00\x00\x00\x05"), "cannot read"),
     ("bench etl: --workers 1000", ["bench", "etl", "--workers", "1,1000"], None, "--workers must be whole numbers"),
     ("convert: not a GGUF", ["convert", "{tmp}/model.gguf", "--out", "{tmp}/m"], gguf_not, "cannot read"),
+    ("convert: --out holds the user's JSON and text", ["convert", "{tmp}/model.gguf", "--out", "{tmp}/runs"],
+     gguf_beside("runs", {"trn_2m.json": "{}", "README.txt": "notes"}), "not this command's output"),
+    ("convert: DIR.tmp holds the user's files", ["convert", "{tmp}/model.gguf", "--out", "{tmp}/q"],
+     gguf_beside("q.tmp", {"thesis.txt": "work"}), "holds files convert did not write"),
+    ("convert: --out is locked", ["convert", "{tmp}/model.gguf", "--out", "{tmp}/m"],
+     lambda w, t: (tiny_gguf(t / "model.gguf"), hold_lock(t / "m"))[1], "is in use by"),
+    ("convert: a GGUF without its embedding", ["convert", "{tmp}/model.gguf", "--out", "{tmp}/m"],
+     lambda w, t: tiny_gguf(t / "model.gguf", skip="token_embd.weight") and None, "lacks 1 of its model's weights"),
+    ("convert: a GGUF of NaN weights", ["convert", "{tmp}/model.gguf", "--out", "{tmp}/m"],
+     lambda w, t: tiny_gguf(t / "model.gguf", nan="blk.0.ffn_up.weight") and None, "not finite numbers"),
+    ("convert: merges of tokens outside the vocabulary", ["convert", "{tmp}/model.gguf", "--out", "{tmp}/m"],
+     lambda w, t: tiny_gguf(t / "model.gguf", merge="! ~") and None, "out of vocabulary"),
     ("bench etl: --lines 0", ["bench", "etl", "--lines", "0"], None, "--lines must be"),
     ("bench etl: --profiles unknown", ["bench", "etl", "--profiles", "x"], None, "--profiles must name"),
     ("bench memory: unknown model", ["bench", "memory", "--model", "llama"], None, "cannot read the config"),
@@ -918,3 +970,13 @@ def test_a_held_lock_file_of_junk_still_says_in_one_line_that_the_folder_is_in_u
                 pass
     message = str(refused.value)
     assert message.startswith(f"{tmp_path / 'out'} is in use by another process") and len(message) < 400, message
+
+
+def test_convert_writes_a_model_folder_and_replaces_its_own_earlier_one(tmp_path, capsys):
+    source = tiny_gguf(tmp_path / "model.gguf")
+    for _ in range(2):  # the second run replaces the first's folder: it holds only convert's files
+        assert main(["convert", str(source), "--out", str(tmp_path / "m")]) == 0
+        assert capsys.readouterr().err == ""  # gguf's own progress bar is not a second line
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in (tmp_path / "m").iterdir()}
+    assert not (tmp_path / "m.tmp").exists()
+    assert main(["generate", str(tmp_path / "m"), "hello", "--max-new-tokens", "2", "--temperature", "0"]) == 0

