@@ -227,15 +227,16 @@ def write_synth(out: Path, n: int, seed: int = 0, malformed_rate: float = 0.0, p
     from shardtune.files import atomic_open
 
     with atomic_open(out, "wb") as raw:
-        f = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) if out.suffix == ".gz" else raw
+        f = gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) if out.suffix.lower() == ".gz" else raw
         buf: list[bytes] = []
+        written = 0  # a pipe cannot tell its position
         for line in synth_lines(n, seed, malformed_rate, profile):
             buf.append(line)
             if len(buf) >= 10_000:
-                f.write(b"\n".join(buf) + b"\n")
+                written += f.write(b"\n".join(buf) + b"\n")
                 buf.clear()
         if buf:
-            f.write(b"\n".join(buf) + b"\n")
+            written += f.write(b"\n".join(buf) + b"\n")
         if f is not raw:
             f.close()
-    return out.stat().st_size
+        return raw.tell() if raw.seekable() else written

@@ -55,17 +55,44 @@ def commit_folder(tmp: Path, final: Path) -> None:
     fsync_dir(final.parent)
 
 
+def is_stream(path: Path) -> bool:
+    """Whether writing `path` means writing a stream in place: a device, a pipe or a socket, or a
+    name under /dev or /proc (`/dev/stdout` is a link to /proc/self/fd/1, which is a link to
+    whatever the shell redirected it to: a file there is still the shell's stream, not ours to
+    replace), itself or at any link on the way."""
+    seen = 0
+    while True:
+        if str(path).startswith(("/dev/", "/proc/")):
+            return True
+        if not path.is_symlink() or seen == 40:
+            break
+        target = Path(os.readlink(path))
+        path, seen = (target if target.is_absolute() else path.parent / target), seen + 1
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
 @contextmanager
 def atomic_open(path: Path, mode: str = "w", **kwargs: Any) -> Iterator[Any]:
     """open() that writes `path.tmp` and renames it onto `path` only on success. A device or a
-    pipe (`--output /dev/stdout`) is a stream with nothing to replace: it is written in place."""
-    if path.exists() and not path.is_file() and not path.is_dir():
+    pipe (`--output /dev/stdout`) is a stream with nothing to replace: it is written in place.
+    A link to a file has its target replaced (the link stays), and the temporary name is never
+    followed: a link planted there would have us write into another file."""
+    if is_stream(path):
         with open(path, mode, **kwargs) as f:
             yield f
         return
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
     tmp = tmp_path(path)
+    if tmp.is_symlink():
+        tmp.unlink()
     try:
-        with open(tmp, mode, **kwargs) as f:
+        with open(tmp, mode, opener=lambda name, flags: os.open(name, flags | getattr(os, "O_NOFOLLOW", 0), 0o666),
+                  **kwargs) as f:
             yield f
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -124,6 +124,30 @@ def test_synth_command_writes_malformed_lines_on_request(tmp_path):
     assert 40 < manifest["malformed"] < 160 and manifest["lines_read"] == 2000, out.stderr
 
 
+def test_synth_writes_a_redirected_stdout_in_place_and_follows_links_but_never_a_planted_tmp(tmp_path):
+    import subprocess
+    import sys
+
+    def synth(out, *flags, stdout=subprocess.DEVNULL):
+        return subprocess.run([sys.executable, "-m", "shardtune.cli", "synth", str(out), "--lines", "3", *flags],
+                              cwd=tmp_path, stdout=stdout, stderr=subprocess.PIPE, text=True)
+
+    for out in ("-", "/dev/stdout"):  # a file the shell opened: written through, not refused or replaced
+        with open(tmp_path / "so.txt", "w") as redirected:
+            assert synth(out, stdout=redirected).returncode == 0
+        assert len((tmp_path / "so.txt").read_text().splitlines()) == 3
+    (tmp_path / "precious.txt").write_text("keep me")
+    (tmp_path / "o.json.tmp").symlink_to(tmp_path / "precious.txt")  # a link where synth writes first
+    assert synth(tmp_path / "o.json").returncode == 0
+    assert (tmp_path / "precious.txt").read_text() == "keep me" and not (tmp_path / "o.json").is_symlink()
+    (tmp_path / "real.json").write_text("old")
+    (tmp_path / "link.json").symlink_to("real.json")
+    assert synth(tmp_path / "link.json", "--force").returncode == 0
+    assert (tmp_path / "link.json").is_symlink() and len((tmp_path / "real.json").read_text().splitlines()) == 3
+    assert synth(tmp_path / "upper.JSON.GZ").returncode == 0
+    assert (tmp_path / "upper.JSON.GZ").read_bytes()[:2] == b"\x1f\x8b"
+
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes on this system")
 def test_an_output_that_is_a_pipe_is_streamed_into_not_replaced(tmp_path):
     """`--output /dev/stdout` or a named pipe: there is nothing to rename onto, so it is written in place."""

@@ -576,6 +576,8 @@ CASES = [
     ("synth: --malformed-rate 2", ["synth", "{tmp}/s.json", "--malformed-rate", "2"], None, "--malformed-rate must be"),
     ("synth: --profile unknown", ["synth", "{tmp}/s.json", "--profile", "huge"], None, "invalid choice"),
     ("synth: OUT is a folder", ["synth", "{tmp}", "--lines", "3"], None, "is a folder; give a file name"),
+    ("synth: OUT/ names a folder yet to be made", ["synth", "{tmp}/newdir/", "--lines", "3"], None,
+     "names a folder; give a file name"),
     ("synth: OUT is an existing file", ["synth", "{world}/questions.txt", "--lines", "3"], None,
      "exists (perhaps real data)"),
     ("synth: --lines past any disk", ["synth", "{tmp}/s.json", "--lines", str(10**13)], None,
