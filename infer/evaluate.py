@@ -19,7 +19,7 @@ from rich.table import Table
 from shardtune.console import TableConsole, log
 from shardtune.errors import UserError
 from shardtune.files import atomic_open, check_output_dir, check_outside, prepare_output_dir, write_json
-from shardtune.lock import locked
+from shardtune.lock import locked, reading
 from shardtune.models import check_model, refuse_checkpoint
 from shardtune.manifest import TokensManifest
 from shardtune.template import PromptTemplate
@@ -68,6 +68,11 @@ def _no_validation_examples(data: Path, manifest) -> UserError:
 
 def run_eval(base: str, tuned: str, data: Path, out: Path, config: EvalConfig | None = None) -> dict:
     config = (config or EvalConfig()).check()
+    with reading(data, "eval"):  # a tokenize re-run meanwhile would replace the shards being read
+        return _run(base, tuned, data, out, config)
+
+
+def _run(base: str, tuned: str, data: Path, out: Path, config: EvalConfig) -> dict:
     manifest = TokensManifest.read(data)
     manifest.verify(data)
     if manifest.splits["val"].examples == 0:

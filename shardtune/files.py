@@ -119,13 +119,28 @@ def inside(folder: Path, name: str, what: str) -> Path:
     return path
 
 
+def verify_files(folder: Path, entries: list, what: str, command: str) -> None:
+    """Every file of a manifest's entries (`file`, `bytes`, `crc32`) is there once, whole and unchanged."""
+    manifest = "the ETL manifest" if command == "etl" else "the token manifest"
+    paths = [inside(folder, e.file, manifest) for e in entries]
+    if len(set(paths)) != len(paths):  # one shard listed twice would be read twice
+        twice = next(p for p in paths if paths.count(p) > 1)
+        raise UserError(f"{folder}'s manifest lists {what} {twice.name} more than once (it was edited); "
+                        f"re-run `shardtune {command}`")
+    for path, entry in zip(paths, entries):
+        verify_file(path, entry.bytes, entry.crc32, what, command)
+
+
 def verify_file(path: Path, size: int, crc: int | None, what: str, command: str) -> None:
     """The file a manifest describes is there, whole and unchanged, or a one-line error naming it."""
     try:
         actual = path.stat().st_size
     except FileNotFoundError:
         raise UserError(f"{what} {path} is missing; re-run `shardtune {command}`") from None
-    if actual != size or (crc is not None and file_crc32(path) != crc):
+    if crc is None:  # every manifest since 2026-11 has one: without it a replaced file of the same size would pass
+        raise UserError(f"{what} {path} has no checksum in its manifest (it was edited, or is older than "
+                        f"checksums); re-run `shardtune {command}`")
+    if actual != size or file_crc32(path) != crc:
         raise UserError(f"{what} {path} is not the file its manifest describes ({actual:,} bytes, expected "
                         f"{size:,}{' and its checksum' if actual == size else ''}); it was truncated or replaced: "
                         f"re-run `shardtune {command}`")

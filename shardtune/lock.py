@@ -35,11 +35,7 @@ def locked(folder: Path, command: str) -> Iterator[None]:
         try:
             _lock(handle)
         except (BlockingIOError, PermissionError):  # held: BlockingIOError on POSIX, PermissionError from msvcrt
-            handle.seek(0)
-            # the first line, bounded, if it is ours ("shardtune etl (pid ...)"): a lock file of junk says nothing
-            holder = (handle.read(4096).splitlines() or [""])[0].strip()[:200]
-            if not (holder.startswith("shardtune ") and holder.isprintable()):
-                holder = "another process"
+            holder = _holder(handle)
             handle.close()
             raise UserError(f"{folder} is in use by {holder}; wait for it to finish or choose another folder") from None
         if _same_file(handle, folder / LOCK):
@@ -69,6 +65,14 @@ def locked(folder: Path, command: str) -> Iterator[None]:
         handle.close()
 
 
+def _holder(handle) -> str:
+    """Who holds a lock: the lock file's first line, bounded, if it is ours ("shardtune etl (pid ...)");
+    a lock file of junk says nothing."""
+    handle.seek(0)
+    holder = (handle.read(4096).splitlines() or [""])[0].strip()[:200]
+    return holder if holder.startswith("shardtune ") and holder.isprintable() else "another process"
+
+
 def _open_lock(folder: Path):
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -96,3 +100,36 @@ def _lock(handle, unlock: bool = False) -> None:
         msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK if unlock else msvcrt.LK_NBLCK, 1)
         return
     fcntl.flock(handle, fcntl.LOCK_UN if unlock else fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+@contextmanager
+def reading(folder: Path, command: str) -> Iterator[None]:
+    """Hold a shared lock on a folder another stage wrote while reading it: that stage's re-run
+    (which takes the exclusive lock) is refused meanwhile, instead of swapping shards under the
+    reader, and a reader is refused while it writes. Readers do not stop one another. A folder
+    where no lock file can be made (read-only) is read unlocked: nothing can rewrite it either, and
+    none is made in a folder that is not a stage's output (the reader then says what it is)."""
+    try:
+        if not (folder / LOCK).is_file() and not (folder / "manifest.json").is_file():
+            raise FileNotFoundError
+        handle = open(folder / LOCK, "a+", encoding="utf-8", errors="replace")
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            import fcntl
+
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except ImportError:  # pragma: no cover - Windows: msvcrt has no shared lock; read unlocked
+            pass
+        except BlockingIOError:
+            holder = _holder(handle)
+            raise UserError(f"{folder} is being written by {holder}; wait for it to finish, then run "
+                            f"shardtune {command} again") from None
+        if handle.tell() == 0:  # named for a writer refused meanwhile (readers share one line)
+            handle.write(f"shardtune {command} (reading it, pid {os.getpid()})\n")
+            handle.flush()
+        yield
+    finally:
+        handle.close()  # closing gives the lock back

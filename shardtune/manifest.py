@@ -15,7 +15,7 @@ from typing import Any
 
 from . import __version__
 from .errors import UserError
-from .files import inside, read_json, verify_file, write_json
+from .files import inside, read_json, verify_files, write_json
 
 MANIFEST = "manifest.json"
 ETL_FORMAT = "shardtune.etl/1"
@@ -105,8 +105,7 @@ class EtlManifest:
         if not self.balanced() or any(not isinstance(c, int) or c < 0 for c in counts) or \
                 sum(s.rows for s in self.shards) != self.records_kept:
             raise UserError(f"{folder / MANIFEST} does not add up (it was edited); re-run `shardtune etl`")
-        for shard in self.shards:
-            verify_file(inside(folder, shard.file, "the ETL manifest"), shard.bytes, shard.crc32, "ETL shard", "etl")
+        verify_files(folder, self.shards, "ETL shard", "etl")
 
     def write(self, folder: Path) -> None:
         write_json(folder / MANIFEST, dataclasses.asdict(self))
@@ -211,9 +210,7 @@ class TokensManifest:
                     sum(s.tokens for s in split.shards) != split.tokens:
                 raise UserError(f"{folder / MANIFEST} does not add up for {name} (it was edited); "
                                 "re-run `shardtune tokenize`")
-            for shard in split.shards:
-                verify_file(inside(folder, shard.file, "the token manifest"), shard.bytes, shard.crc32,
-                            "token shard", "tokenize")
+        verify_files(folder, [s for split in self.splits.values() for s in split.shards], "token shard", "tokenize")
 
     def shard_paths(self, folder: Path, split: str) -> list[Path]:
         return [inside(folder, s.file, "the token manifest") for s in self.splits[split].shards]

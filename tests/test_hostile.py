@@ -285,6 +285,27 @@ def rewritten_etl_shard(change):
     return setup
 
 
+def listed_twice(manifest: dict) -> None:
+    manifest["shards"] *= 2
+    extra = sum(s["rows"] for s in manifest["shards"]) - manifest["records_kept"]
+    manifest["records_kept"] += extra
+    manifest["lines_read"] += extra
+    manifest["inputs"][0]["lines_read"] += extra
+
+
+def empty_etl(w, t):
+    (t / "empty.json").write_text("")
+    assert main(["etl", str(t / "empty.json"), "--out", str(t / "e")]) == 0
+
+
+def held_for_reading(folder: Path):
+    from shardtune.lock import reading
+
+    lock = reading(folder, "tokenize")
+    lock.__enter__()
+    return lock
+
+
 def null_titles(table):
     import pyarrow as pa
 
@@ -746,6 +767,26 @@ CASES = [
      rewritten_etl_shard(lambda table: table.drop_columns(["content"])), "it has no content column"),
     ("tokenize: a shard of null titles", ["tokenize", "{tmp}/clean", "--out", "{tmp}/tok"],
      rewritten_etl_shard(null_titles), "without a title or content"),
+    ("tokenize: a shard of fewer rows, its size and checksum edited in", ["tokenize", "{tmp}/clean", "--out",
+     "{tmp}/tok"], rewritten_etl_shard(lambda table: table.slice(0, 10)), "rows where the ETL manifest says"),
+    ("tokenize: a shard's checksum removed", ["tokenize", "{tmp}/clean", "--out", "{tmp}/tok"],
+     damaged_etl(lambda c: edit_json(c / "manifest.json", lambda d: d["shards"][0].update(crc32=None))),
+     "has no checksum"),
+    ("tokenize: a shard listed twice, the counts edited to match", ["tokenize", "{tmp}/clean", "--out", "{tmp}/tok"],
+     damaged_etl(lambda c: edit_json(c / "manifest.json", listed_twice)), "more than once"),
+    ("tokenize: an ETL folder of no records", ["tokenize", "{tmp}/e", "--out", "{tmp}/tok"], empty_etl,
+     "holds no records"),
+    ("tokenize: a tokenizer of tokenizer_config.json alone", ["tokenize", CLEAN, "--out", "{tmp}/tok", "--tokenizer",
+     "{tmp}/tk"], lambda w, t: (t / "tk").mkdir() or (t / "tk" / "tokenizer_config.json").write_text(
+         '{"tokenizer_class": "GPT2Tokenizer"}') and None, "encodes text to nothing"),
+    ("tokenize: --max-length the template alone fills", ["tokenize", CLEAN, "--out", "{tmp}/tok", "--max-length", "8"],
+     None, "leaves no room for an answer"),
+    ("tokenize: the ETL folder being written", ["tokenize", "{tmp}/clean", "--out", "{tmp}/tok"],
+     lambda w, t: hold_lock(copy(w, "clean", t)), "is being written by"),
+    ("train: the token folder being written", ["train", "{tmp}/tokens", "--out", "{tmp}/r", "--model", "tiny"],
+     lambda w, t: hold_lock(copy(w, "tokens", t)), "is being written by"),
+    ("etl: --out being read by tokenize", ["etl", "{world}/trn.json", "--out", "{tmp}/clean"],
+     lambda w, t: held_for_reading(copy(w, "clean", t)), "in use by shardtune tokenize (reading it"),
 ]
 
 

@@ -22,14 +22,14 @@ from shardtune import __version__
 from shardtune.console import log, meter
 from shardtune.errors import UserError, first_line
 from shardtune.files import check_output_dir, check_outside, inside, prepare_output_dir
-from shardtune.lock import locked
+from shardtune.lock import locked, reading
 from shardtune.manifest import MANIFEST, EtlManifest, SplitStats, TokensManifest
 from shardtune.template import PromptTemplate
 
 from .config import TokenizeConfig
 from .encode import BatchEncoder, EncodeSpec, split_texts
 from .shards import SHARD_GLOB, TokenShardWriter, token_dtype
-from .tokenizer import Encoder, eos_id, load_tokenizer, tokenizer_digest
+from .tokenizer import Encoder, checked_digest, eos_id, load_tokenizer, vocab_size
 
 SPLITS = ("train", "val")
 
@@ -44,12 +44,15 @@ def fingerprint(etl: EtlManifest, tokenizer_name: str, tokenizer_key: dict, eos:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _up_to_date(out: Path, print_: str, older: str) -> TokensManifest | None:
+def _up_to_date(out: Path, print_: str, older: str, records: int) -> TokensManifest | None:
     """The earlier output, if it was made from the same input and options and is still whole
-    (`older`: the fingerprint as a manifest without the tokenizer's digest has it)."""
+    (`older`: the fingerprint as a manifest without the tokenizer's digest has it), every one of
+    the ETL folder's `records` in it or counted as dropped."""
     try:
         old = TokensManifest.read(out)
         if old.fingerprint != print_ and (old.tokenizer_digest or old.fingerprint != older):
+            return None
+        if sum(s.examples for s in old.splits.values()) + old.dropped_prompt_too_long != records:
             return None
         old.verify(out)  # a truncated or replaced shard is not up to date
     except UserError:
@@ -63,11 +66,22 @@ def histogram_edges(max_length: int, bins: int = 64) -> list[int]:
     return list(range(0, max_length + width, width))
 
 
+def _check_room_for_answers(tokenizer, template: PromptTemplate, max_length: int) -> None:
+    """Refuse a --max-length that the prompt template alone fills: every example would be dropped."""
+    prompt = len(Encoder(tokenizer, fast=False).encode_batch([template.split("")[0]])[0])
+    if prompt >= max_length:
+        raise UserError(f"--max-length {max_length} leaves no room for an answer: the prompt template alone, "
+                        f"without a title, is {prompt} tokens; give --max-length {max(64, 4 * prompt)} or more")
+
+
 def _row_batches(parquet_dir: Path, etl: EtlManifest, batch_examples: int):
     for shard in etl.shards:
         path = inside(parquet_dir, shard.file, "the ETL manifest")
         try:
             parquet = pq.ParquetFile(path)
+            if parquet.metadata.num_rows != shard.rows:  # another etl's shard, its size and checksum edited in
+                raise UserError(f"{path} holds {parquet.metadata.num_rows:,} rows where the ETL manifest says "
+                                f"{shard.rows:,}; it was replaced: re-run shardtune etl")
             _check_text_columns(path, parquet.schema_arrow)
             batches = parquet.iter_batches(batch_size=batch_examples, columns=["title", "content"])
             for batch in batches:
@@ -103,17 +117,26 @@ def _fast_path_holds(tokenizer, template: PromptTemplate, sample: tuple[list[str
 
 def run_tokenize(parquet_dir: Path, out: Path, config: TokenizeConfig | None = None) -> TokensManifest:
     config = (config or TokenizeConfig()).check()
+    with reading(parquet_dir, "tokenize"):  # an etl re-run meanwhile would swap shards under the reader
+        return _run(parquet_dir, out, config)
+
+
+def _run(parquet_dir: Path, out: Path, config: TokenizeConfig) -> TokensManifest:
     etl = EtlManifest.read(parquet_dir)
     etl.verify(parquet_dir)
     check_outside(out, parquet_dir, "the ETL folder")
     check_output_dir(out, (MANIFEST,), subfolders={s: SHARD_GLOB for s in SPLITS})  # before any work
+    if etl.records_kept == 0:
+        raise UserError(f"the ETL folder {parquet_dir} holds no records ({etl.lines_read:,} lines read, none kept); "
+                        "nothing to tokenize: check the input given to shardtune etl")
     template = PromptTemplate(config.template)
     tokenizer = load_tokenizer(config.tokenizer)
-    eos, digest = eos_id(tokenizer), tokenizer_digest(tokenizer)
+    eos, digest = eos_id(tokenizer), checked_digest(tokenizer, config.tokenizer)
+    _check_room_for_answers(tokenizer, template, config.max_length)
     print_ = fingerprint(etl, config.tokenizer, {"tokenizer_digest": digest}, eos, config)
     older = fingerprint(etl, config.tokenizer, {"vocab": len(tokenizer)}, eos, config)
     with locked(out, "tokenize"):
-        if not config.force and (old := _up_to_date(out, print_, older)) is not None:
+        if not config.force and (old := _up_to_date(out, print_, older, etl.records_kept)) is not None:
             log(f"tokenize: {out} is up to date with {parquet_dir} (same input, tokenizer and options); nothing to do")
             return old
         return _tokenize(parquet_dir, out, config, etl, template, tokenizer, print_, digest)
@@ -121,7 +144,7 @@ def run_tokenize(parquet_dir: Path, out: Path, config: TokenizeConfig | None = N
 
 def _tokenize(parquet_dir: Path, out: Path, config: TokenizeConfig, etl: EtlManifest, template: PromptTemplate,
               tokenizer, print_: str, digest: str) -> TokensManifest:
-    vocab, eos = len(tokenizer), eos_id(tokenizer)
+    vocab, eos = vocab_size(tokenizer), eos_id(tokenizer)
     prepare_output_dir(out, (MANIFEST,), subfolders={s: SHARD_GLOB for s in SPLITS})
     started = time.perf_counter()
     dtype = token_dtype(vocab)
@@ -149,6 +172,9 @@ def _tokenize(parquet_dir: Path, out: Path, config: TokenizeConfig, etl: EtlMani
                 dropped += batch.dropped
                 seen += batch.rows
                 progress.update(seen, examples=seen, tokens=stats["train"].tokens + stats["val"].tokens)
+        if not stats["train"].examples + stats["val"].examples:
+            raise UserError(f"no example fits --max-length {config.max_length}: every one's question alone is "
+                            f"longer ({dropped:,} dropped); give a larger --max-length")
         for split in SPLITS:
             stats[split].shards = writers[split].close()
     except BaseException:

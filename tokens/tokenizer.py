@@ -103,6 +103,26 @@ def tokenizer_digest(tokenizer) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
+def checked_digest(tokenizer, name: str) -> str:
+    """tokenizer_digest() of a tokenizer that can encode text, or a one-line error: a folder of a
+    tokenizer_config.json alone loads as a vocabulary of one that encodes everything to nothing,
+    and an empty or broken vocabulary raises from inside the tokenizers library."""
+    try:
+        ids = encode_text(tokenizer, list(PROBES))
+        digest = tokenizer_digest(tokenizer)
+    except Exception as e:  # tokenizers raises a bare Exception ("WordLevel error: Missing [UNK] token")
+        raise UserError(f"tokenizer {name} cannot encode text ({first_line(e)}); give a whole tokenizer") from None
+    if vocab_size(tokenizer) < 2 or not any(ids):
+        raise UserError(f"tokenizer {name} encodes text to nothing (a vocabulary of {len(tokenizer)}); "
+                        "give a whole tokenizer, such as a run's final/ folder")
+    return digest
+
+
+def vocab_size(tokenizer) -> int:
+    """The ids a tokenizer can give: len() counts the entries, but a vocabulary may skip ids."""
+    return max(len(tokenizer), max(tokenizer.get_vocab().values(), default=-1) + 1)
+
+
 def encode_text(tokenizer, texts):
     """The ids of catalogue text: a special token's name written in it ("<|endoftext|>" in a
     description) is text, split like any other, never the token itself, which would put an EOS

@@ -21,7 +21,7 @@ import torch
 from shardtune.console import log, meter
 from shardtune.errors import UserError
 from shardtune.files import check_outside, write_json
-from shardtune.lock import locked
+from shardtune.lock import locked, reading
 from shardtune.manifest import TokensManifest
 from shardtune.models import enable_activation_checkpointing, load_model, require_name
 from shardtune.models.adapters import add_lora, quantize_nf4, unwrap
@@ -371,8 +371,10 @@ class Trainer:
 def run_train(tokens_dir: Path, run_dir: Path, config: TrainConfig | None = None) -> dict:
     """Train; returns the final evaluation. CUDA running out of memory ends in one clear message."""
     config = config or TrainConfig()
-    trainer = None
+    trainer, stack = None, contextlib.ExitStack()
     try:
+        # a tokenize re-run meanwhile would replace the memory-mapped shards under the run
+        stack.enter_context(reading(tokens_dir, "train"))
         trainer = Trainer(tokens_dir, run_dir, config)
         config = trainer.config  # as planned, with --vram
         if trainer.is_rank0:
@@ -395,3 +397,4 @@ def run_train(tokens_dir: Path, run_dir: Path, config: TrainConfig | None = None
     finally:
         if trainer is not None:
             trainer.close()
+        stack.close()

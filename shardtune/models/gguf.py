@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import lzma
 import shutil
-import struct
 import tempfile
 import zipfile
 import zlib
