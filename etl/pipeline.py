@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import time
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -45,6 +46,7 @@ def run_etl(inputs: list[Path], out: Path, config: EtlConfig | None = None) -> E
     readers = [InputReader(p, config.batch_lines, config.max_line_bytes, config.batch_bytes, record)
                for p in inputs]  # fail fast on bad paths
     try:
+        _refuse_twice(readers)
         for reader in readers:
             if str(reader.path) != "-" and out.resolve() in reader.path.resolve().parents:
                 raise UserError(f"input {reader.path} is inside --out {out}, whose earlier output etl replaces; "
@@ -58,6 +60,20 @@ def run_etl(inputs: list[Path], out: Path, config: EtlConfig | None = None) -> E
         raise
     with locked(out, "etl"):
         return _run(readers, out, config)
+
+
+def _refuse_twice(readers: list[InputReader]) -> None:
+    """One file given twice (as a.json and ./a.json, or through a link) would be read twice and
+    every record of the second reading counted as a duplicate."""
+    seen: dict[tuple[int, int], Path] = {}
+    for reader in readers:
+        st = os.fstat(reader.raw.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            continue
+        first = seen.setdefault((st.st_dev, st.st_ino), reader.path)
+        if first is not reader.path:
+            same = "" if str(first) == str(reader.path) else f" (as {first} and {reader.path})"
+            raise UserError(f"input {first} is given more than once{same}; give each file once")
 
 
 def _run(readers: list[InputReader], out: Path, config: EtlConfig) -> EtlManifest:

@@ -93,6 +93,15 @@ def _compression(head: bytes) -> str | None:
     return next((name for magic, name in COMPRESSED.items() if name != "bzip2" and head.startswith(magic)), None)
 
 
+def _whole_value(line: bytes, record: bool = False) -> bool:
+    """Whether a line is one whole JSON value (an object, with `record`)."""
+    try:
+        value = msgspec.json.decode(line)
+    except msgspec.DecodeError:
+        return False
+    return isinstance(value, dict) or not record
+
+
 class InputReader:
     """Reads one input file in blocks or batches of at most `batch_lines` lines and about `batch_bytes`."""
 
@@ -159,11 +168,13 @@ class InputReader:
         first, newline, rest = head.partition(b"\n")
         if not newline or not rest.strip():
             return True
-        try:
-            msgspec.json.decode(first)
-        except msgspec.DecodeError:
-            return True  # "[" then the first element: a (pretty-printed) array
-        return False
+        if _whole_value(first):
+            return False
+        # "[" then the first element: a (pretty-printed) array; unless the next lines are whole
+        # records, each on its line: NDJSON whose first line is broken ("[1, 2"), which costs that line
+        # alone. (An array's lines end in commas, or start with them, or hold parts of a record.)
+        following = [line for line in rest.split(b"\n")[:-1] if line.strip()][:2]
+        return not following or not all(_whole_value(line, record=True) for line in following)
 
     def batches(self) -> Iterator[Batch | Block | Span]:
         """For NDJSON, Spans of a plain file (the workers read them) or Blocks of raw lines from a
@@ -179,7 +190,8 @@ class InputReader:
             return
         if array:
             yield from self._array_batches()
-        elif self.stream is self.raw and str(self.path) != "-" and stat.S_ISREG(os.fstat(self.raw.fileno()).st_mode):
+        elif self.stream is self.raw and str(self.path) != "-" and self.size > 0:  # a regular file: in spans
+            # (a file of /proc says it is empty and is not: it is read as a stream, like a pipe)
             yield from self._spans()
         else:
             yield from self._blocks()

@@ -2,6 +2,7 @@
 
 import gzip
 import json
+from pathlib import Path
 
 import polars as pl
 import pyarrow.parquet as pq
@@ -148,6 +149,20 @@ def test_ndjson_whose_first_line_is_a_bare_array_is_still_read_line_by_line(tmp_
     one_line_array = tmp_path / "one_line.json"
     one_line_array.write_text(json.dumps([rec(uid="c")]) + "\n")
     assert run_etl([one_line_array], tmp_path / "out2", EtlConfig()).records_kept == 1
+
+
+@pytest.mark.parametrize("first", ["[1, 2", "[", "[{\"uid\": \"x\""])
+def test_ndjson_whose_first_line_is_a_broken_array_costs_that_line_alone(tmp_path, first):
+    src = write_lines(tmp_path / "trn.json", [first] + [rec(uid=f"u{i}", content=f"Content number {i} is long.")
+                                                        for i in range(300)])
+    m = run_etl([src], tmp_path / "out", EtlConfig())
+    assert m.lines_read == 301 and m.records_kept == 300 and m.malformed == 1 and m.balanced()
+
+
+@pytest.mark.skipif(not Path("/proc/self/mountinfo").is_file(), reason="no /proc here")
+def test_a_file_that_says_it_is_empty_but_is_not_is_read_as_a_stream(tmp_path):
+    m = run_etl([Path("/proc/self/mountinfo")], tmp_path / "out", EtlConfig())  # st_size 0, lines inside
+    assert m.lines_read > 0 and m.malformed == m.lines_read and m.balanced()
 
 
 def test_a_broken_json_array_keeps_the_elements_before_the_break(tmp_path):

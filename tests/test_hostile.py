@@ -353,6 +353,8 @@ CASES = [
     ("etl: missing input", ["etl", "{tmp}/nope.json", "--out", "{tmp}/out"], None, "input file not found"),
     ("etl: input is a folder", ["etl", "{tmp}", "--out", "{tmp}/out"], None, "is a folder"),
     ("etl: output is a file", ["etl", "{world}/trn.json", "--out", "{world}/trn.json"], None, "is a file"),
+    ("etl: one input given twice", ["etl", "{world}/trn.json", "{tmp}/link.json", "--out", "{tmp}/out"],
+     lambda w, t: (t / "link.json").symlink_to(w / "trn.json"), "is given more than once"),
     ("etl: output holds foreign files", ["etl", "{world}/trn.json", "--out", "{tmp}/out"], etl_into_foreign, "notes.txt"),
     ("etl: output under a file", ["etl", "{world}/trn.json", "--out", "{world}/trn.json/sub"], None, "cannot write"),
     ("etl: output on a read-only file system", ["etl", "{world}/trn.json", "--out", "/proc/self/shardtune"], None,
