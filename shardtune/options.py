@@ -231,6 +231,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         given = getattr(args, f.name, None)
         if given is not None:
             setattr(config, f.name, given)
+    # which options the user set, by file or flag (train --resume takes the run's own for the rest)
+    config.given = frozenset(values) | {f.name for f in fields(cls) if getattr(args, f.name, None) is not None}
     try:
         return config.check()
     except UserError as e:  # a rule across fields names flags; say which of them the file set

@@ -120,6 +120,36 @@ def edited_state(change):
     return setup
 
 
+def torch_zeros(*shape):
+    import torch
+
+    return torch.zeros(*shape)
+
+
+def edited_optimizer(change):
+    """The newest checkpoint's optimizer.pt, loaded, changed by `change` and saved again."""
+    def setup(w, t):
+        import torch
+
+        path = sorted((copy(w, "run", t) / "checkpoints").iterdir())[-1] / "optimizer.pt"
+        state = torch.load(path, weights_only=True)
+        change(state)
+        torch.save(state, path)
+    return setup
+
+
+def edited_weights(change):
+    """The newest checkpoint's model.safetensors with its first weight changed by `change`."""
+    def setup(w, t):
+        from safetensors.numpy import load_file, save_file
+
+        path = sorted((copy(w, "run", t) / "checkpoints").iterdir())[-1] / "model.safetensors"
+        weights = load_file(path)
+        first = sorted(weights)[0]
+        save_file({**weights, first: change(weights[first])}, path, {"format": "pt"})
+    return setup
+
+
 def endless_state(w, t):
     state = sorted((copy(w, "run", t) / "checkpoints").iterdir())[-1] / "state.json"
     state.unlink()
@@ -526,6 +556,16 @@ CASES = [
                                                                "--model", "tiny", "--max-length", "64",
                                                                "--batch-size", "4", "--max-steps", "3"],
      edited_state(lambda d: d.update(bad_steps=10**9)), "is not shardtune's"),
+    ("train: --resume from moments of another shape", ["train", TOKENS, "--out", "{tmp}/run", "--resume", "--model", "tiny", "--max-length", "64", "--batch-size", "4", "--max-steps", "3"],
+     edited_optimizer(lambda o: o["state"][0].update(exp_avg=torch_zeros(3))), "optimizer state does not fit"),
+    ("train: --resume from weights made integers", ["train", TOKENS, "--out", "{tmp}/run", "--resume", "--model", "tiny", "--max-length", "64", "--batch-size", "4", "--max-steps", "3"],
+     edited_weights(lambda v: v.astype("int32") * 0), "not floating point"),
+    ("train: --resume from a weight of NaN", ["train", TOKENS, "--out", "{tmp}/run", "--resume", "--model", "tiny", "--max-length", "64", "--batch-size", "4", "--max-steps", "3"], edited_weights(lambda v: v * float("nan")), "not finite"),
+    ("train: --resume from moments emptied", ["train", TOKENS, "--out", "{tmp}/run", "--resume", "--model", "tiny", "--max-length", "64", "--batch-size", "4", "--max-steps", "3"], edited_optimizer(lambda o: o.update(state={})),
+     "it holds no moments"),
+    ("train: --resume from another run's checkpoint", ["train", TOKENS, "--out", "{tmp}/run", "--resume", "--model", "tiny", "--max-length", "64", "--batch-size", "4", "--max-steps", "3"],
+     edited_state(lambda d: d["config"].update(batch_size=8, seed=7)), "written by a run of other settings"),
+    ("train: --resume at another learning rate", ["train", TOKENS, "--out", "{tmp}/run", "--resume", "--model", "tiny", "--max-length", "64", "--batch-size", "4", "--max-steps", "3", "--lr", "1e-3"], run_copy, "--lr 5e-05 -> 0.001"),
     ("train: --resume from a state.json that never ends", ["train", TOKENS, "--out", "{tmp}/run", "--resume",
                                                            "--model", "tiny", "--max-length", "64", "--batch-size",
                                                            "4", "--max-steps", "3"],

@@ -309,6 +309,16 @@ def test_a_corrupt_checkpoint_is_a_one_line_error(tokens, tmp_path, capsys, dama
     assert message in err[-1] and "step-00000004" in err[-1] and "Traceback" not in "\n".join(err)
 
 
+def test_resume_from_the_command_line_keeps_the_runs_own_settings(tokens, tmp_path, capsys):
+    run_train(tokens, tmp_path / "run", small(max_steps=2, save_steps=2, lr=2e-3, warmup_steps=1))
+    capsys.readouterr()
+    args = ["train", str(tokens), "--out", str(tmp_path / "run"), "--resume", "--max-steps", "3"]
+    assert main(args) == 0  # neither the model nor the batch, rate or warm-up repeated
+    assert "--resume continues with the run's own --model tiny, --max-length 64, --batch-size 8" in capsys.readouterr().err
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
+    assert (saved["lr"], saved["warmup_steps"], saved["max_steps"]) == (2e-3, 1, 3)
+
+
 @pytest.mark.slow
 def test_a_checkpoint_of_another_model_is_refused(tokens, tmp_path, capsys):
     from shardtune.train.checkpoint import load_checkpoint

@@ -93,15 +93,40 @@ def _read(path: Path, load, what: str):
                         "not written by shardtune); delete that checkpoint to resume from an older one") from None
 
 
+# The state tensors that hold one value per parameter value (AdamW's moments; bitsandbytes'
+# 8-bit ones): a fused kernel given one of another shape reads past its end (a segfault).
+MOMENTS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer", "state1", "state2")
+
+
+def _check_moments(saved: dict, optimizer, stepped: bool) -> None:
+    """Each saved moment has its parameter's shape, and there are moments at all once steps were
+    taken (torch would load an emptied state and silently restart them from zero)."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    state = saved["state"]
+    if not isinstance(state, dict) or (not state and stepped):
+        raise ValueError("it holds no moments")
+    for index, entry in state.items():
+        if not isinstance(index, int) or not 0 <= index < len(params) or not isinstance(entry, dict):
+            raise ValueError(f"a state for parameter {index!r} of {len(params)}")
+        for name in MOMENTS:
+            value = entry.get(name)
+            if value is not None and (not isinstance(value, torch.Tensor) or value.shape != params[index].shape):
+                shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                raise ValueError(f"{name} of parameter {index} is {shape}, the parameter {tuple(params[index].shape)}")
+
+
 def load_checkpoint(path: Path, model, optimizer, device: torch.device) -> TrainState:
     load_weights(model, path, _read)
     # weights_only: tensors, numbers and containers only; nothing is unpickled as code
     optim_state = _read(path / "optimizer.pt", lambda p: torch.load(p, map_location=device, weights_only=True),
                         "optimizer state")
     try:
+        named = path.name.removeprefix(PREFIX)
+        _check_moments(optim_state, optimizer, stepped=named.isascii() and named.isdecimal() and int(named) > 0)
         optimizer.load_state_dict(optim_state)
-    except (ValueError, KeyError, RuntimeError) as e:
-        raise UserError(f"cannot resume from {path}: its optimizer state does not fit this model ({e})") from None
+    except (ValueError, KeyError, RuntimeError, TypeError, AttributeError) as e:
+        raise UserError(f"cannot resume from {path}: its optimizer state does not fit this model ({e}); delete "
+                        "that checkpoint to resume from an older one") from None
     rng = _read(path / "rng.pt", lambda p: torch.load(p, weights_only=True), "random state")
     state = _read(path / "state.json", lambda p: json.loads(read_small_file(p, "state file")), "state file")
     try:

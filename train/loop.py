@@ -37,8 +37,8 @@ from .export import export_model
 from .loss import AnswerLoss, batch_loss, summed_loss
 from .metrics import MetricsLog, describe
 from .optim import lr_at, make_optimizer, skips_on_device
-from .preflight import (check_model_reads_tokens, check_run_folder, check_something_to_learn,
-                        check_tokenizer_unchanged)
+from .preflight import (check_checkpoint_config, check_model_reads_tokens, check_run_folder,
+                        check_something_to_learn, check_tokenizer_unchanged)
 
 
 class Trainer:
@@ -167,6 +167,7 @@ class Trainer:
             log(f"train: no checkpoint in {self.run_dir} yet; starting from the beginning")
             return
         self.state = load_checkpoint(found[-1], self.model, self.optimizer, self.device)
+        check_checkpoint_config(found[-1], self.state.config, self.config)
         if self.state.batch_in_epoch > len(self._batches(self.state.epoch)):
             raise UserError(f"cannot resume from {found[-1]}: its data position (batch {self.state.batch_in_epoch:,} "
                             "of the epoch) is past the epoch's end; it was edited, delete that checkpoint")

@@ -7,10 +7,12 @@ Each check runs before anything is written, so a refused run leaves the folder a
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 
+from shardtune.console import log
 from shardtune.errors import UserError
 from shardtune.files import read_json
 from shardtune.lock import LOCK
@@ -23,7 +25,9 @@ from .config import TrainConfig
 # What a run folder may hold, and the options --resume must keep (the data position depends on them).
 RUN_FILES = {"config.json", "metrics.jsonl", "checkpoints", "final", "adapter", "tensorboard"}
 RESUME_FIELDS = ("model", "from_scratch", "max_length", "batch_size", "grad_accum", "loss_on", "seed",
-                 "length_buckets", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "quantize", "optim")
+                 "length_buckets", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "quantize", "optim",
+                 # and the course of the optimizer: a resume at another rate would not be the run continued
+                 "lr", "weight_decay", "warmup_steps", "schedule", "clip_grad", "precision")
 
 
 def check_run_folder(run: Path, config: TrainConfig, manifest: TokensManifest, tokens_dir: Path) -> None:
@@ -52,11 +56,40 @@ def _check_same_run(run: Path, entries: set[str], config: TrainConfig, manifest:
     if saved.get("tokens_fingerprint") != manifest.fingerprint:
         differ.append(f"token folder {saved.get('tokens')} -> {tokens_dir}")
     if differ:
-        raise UserError(f"--resume would continue {run} with other settings, and the data position depends on "
-                        f"them: {'; '.join(differ)}; resume with the run's own, or start a new --out")
+        raise UserError(f"--resume would continue {run} with other settings, and the data position or the "
+                        f"optimizer's course depends on them: {'; '.join(differ)}; resume with the run's own "
+                        "(--max-steps and --epochs may change), or start a new --out")
     for final in ("final", "adapter"):
         if (run / final).exists() and not (run / final / "shardtune.json").exists():
             raise UserError(f"{run / final} holds files shardtune did not write; move them before resuming")
+
+
+def resume_settings(run: Path, config: TrainConfig) -> TrainConfig:
+    """For `train --resume` from the command line: the options that must stay as the run had them,
+    and that the user did not set, taken from the run's config.json (a resume is the run continued;
+    nanoGPT's resume likewise rebuilds from what the run saved). A folder that is not a readable run
+    is left to check_run_folder to refuse."""
+    try:
+        saved = read_json(run / "config.json", "run config")["train"]
+    except (UserError, OSError, KeyError, TypeError):
+        return config
+    given = getattr(config, "given", frozenset())
+    taken = {k: saved[k] for k in RESUME_FIELDS if k not in given and k in saved and saved[k] != getattr(config, k)}
+    if not taken:
+        return config
+    log("train: --resume continues with the run's own " + ", ".join(f"--{k.replace('_', '-')} {v}"
+                                                                     for k, v in taken.items()))
+    return dataclasses.replace(config, **taken).check()
+
+
+def check_checkpoint_config(path: Path, saved: dict, config: TrainConfig) -> None:
+    """A checkpoint's own record of its run's settings (state.json) must agree with this run's:
+    a checkpoint copied from another run would otherwise resume at another run's position."""
+    mine = config.to_dict()
+    differ = [f"{k} {saved[k]!r} (this run: {mine[k]!r})" for k in RESUME_FIELDS if k in saved and saved[k] != mine[k]]
+    if differ:
+        raise UserError(f"cannot resume from {path}: it was written by a run of other settings "
+                        f"({'; '.join(differ[:3])}); delete that checkpoint to resume from an older one")
 
 
 def check_something_to_learn(config: TrainConfig, train: TokenShards, val: TokenShards) -> None:

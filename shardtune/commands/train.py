@@ -25,6 +25,10 @@ def run(args, config) -> int:
     from shardtune.train.loop import run_train
     from shardtune.train.metrics import describe_eval
 
+    if config.resume:  # the options a resume must keep, and the user left out, are the run's own
+        from shardtune.train.preflight import resume_settings
+
+        config = resume_settings(args.out, config)
     result = run_train(args.tokens_dir, args.out, config)
     if processes().rank == 0:  # under torchrun, one summary line
         say(f"{result['steps']:,} steps: {describe_eval(result)}, "

@@ -101,6 +101,21 @@ def save_weights(model: Any, folder: Path) -> None:
     model.save_pretrained(folder, safe_serialization=True)
 
 
+def _checked(weights: dict, folder: Path) -> dict:
+    """Weights that are numbers a run can continue from: floating point (load_state_dict would
+    cast integers silently) and finite (a checkpoint is written only from finite weights)."""
+    import torch
+
+    for name, tensor in weights.items():
+        if not tensor.is_floating_point():
+            raise UserError(f"cannot resume from {folder}: its weight {name} is {tensor.dtype}, not floating point "
+                            "(it was replaced); delete that checkpoint to resume from an older one")
+        if not bool(torch.isfinite(tensor).all()):
+            raise UserError(f"cannot resume from {folder}: its weight {name} holds values that are not finite "
+                            "(it was damaged); delete that checkpoint to resume from an older one")
+    return weights
+
+
 def load_weights(model: Any, folder: Path, read) -> None:
     """Load what save_weights wrote; `read(path, loader, what)` reads a file or raises a UserError."""
     from safetensors.torch import load_file
@@ -109,13 +124,15 @@ def load_weights(model: Any, folder: Path, read) -> None:
     if is_peft(model):
         from peft import set_peft_model_state_dict
 
-        weights = read(folder / ADAPTER_WEIGHTS, lambda p: load_file(p, device=device), "adapter file")
+        weights = _checked(read(folder / ADAPTER_WEIGHTS, lambda p: load_file(p, device=device), "adapter file"),
+                           folder)
         result = set_peft_model_state_dict(model, weights)
         if result.unexpected_keys:
             raise UserError(f"cannot resume from {folder}: its adapter does not fit this model "
                             f"(unexpected {result.unexpected_keys[:3]})")
         return
-    weights = read(folder / "model.safetensors", lambda p: load_file(p, device=device), "safetensors file")
+    weights = _checked(read(folder / "model.safetensors", lambda p: load_file(p, device=device), "safetensors file"),
+                       folder)
     try:
         missing, unexpected = model.load_state_dict(weights, strict=False)
     except RuntimeError as e:  # shapes differ
