@@ -198,9 +198,11 @@ class TokensManifest:
         if self.max_length < 1 or any(n < 0 for n in counts):
             return "a negative count or length"
         try:
-            PromptTemplate(self.template)
+            template = PromptTemplate(self.template)
         except UserError as e:
             return str(e)
+        if self.template_hash and template.hash != self.template_hash:  # the template edited after tokenize
+            return "its template is not the one the shards were made with (template_hash)"
         return None
 
     def verify(self, folder: Path) -> None:
@@ -248,8 +250,13 @@ class RunInfo:
         """None for a model folder that shardtune did not train (any Hugging Face model)."""
         if not (folder / RUN_INFO).exists():
             return None
+        from .template import PromptTemplate
+
         try:
-            return from_json(cls, read_json(folder / RUN_INFO, "run info"))
-        except TypeError as e:
+            info = from_json(cls, read_json(folder / RUN_INFO, "run info"))
+            if PromptTemplate(info.template).hash != info.template_hash:
+                raise TypeError("its template is not the one the model was taught in (template_hash)")
+            return info
+        except (TypeError, UserError) as e:
             raise UserError(f"{folder / RUN_INFO} is damaged ({e}); export the model again, or remove the "
                             "file to use the folder as a plain Hugging Face model") from None

@@ -291,6 +291,16 @@ def final_config(change):
     return setup
 
 
+def final_with_swapped_tokens(w, t):
+    """final/ whose tokenizer gives two tokens each other's ids: loadable, and another tokenizer."""
+    shutil.copytree(w / "run" / "final", t / "final")
+
+    def swap(d):
+        vocab = d["model"]["vocab"]
+        vocab["the"], vocab["and"] = vocab["and"], vocab["the"]
+    edit_json(t / "final" / "tokenizer.json", swap)
+
+
 def foreign_weights(w, t):
     """final/ whose weights are named as another architecture's file names them."""
     from safetensors.numpy import load_file, save_file
@@ -561,6 +571,19 @@ CASES = [
     ("train: --resume from weights made integers", ["train", TOKENS, "--out", "{tmp}/run", "--resume", "--model", "tiny", "--max-length", "64", "--batch-size", "4", "--max-steps", "3"],
      edited_weights(lambda v: v.astype("int32") * 0), "not floating point"),
     ("train: --resume from a weight of NaN", ["train", TOKENS, "--out", "{tmp}/run", "--resume", "--model", "tiny", "--max-length", "64", "--batch-size", "4", "--max-steps", "3"], edited_weights(lambda v: v * float("nan")), "not finite"),
+    ("train: a token manifest's template edited", ["train", "{tmp}/tokens", "--out", "{tmp}/r", "--model", "tiny"],
+     damaged_tokens(lambda k: edit_json(k / "manifest.json", lambda d: d.update(template="Q: {title}\nA: "))),
+     "template_hash"),
+    ("train: a token manifest's EOS edited", ["train", "{tmp}/tokens", "--out", "{tmp}/r", "--model", "tiny"],
+     damaged_tokens(lambda k: edit_json(k / "manifest.json", lambda d: d.update(eos_id=13))),
+     "another end-of-sequence id"),
+    ("train: a model folder carrying another tokenizer", ["train", TOKENS, "--out", "{tmp}/r", "--model", "{tmp}/final",
+                                                          "--max-length", "64"], final_with_swapped_tokens,
+     "carries another tokenizer"),
+    ("generate: shardtune.json's template edited", ["generate", "{tmp}/final", "Red Hoodie"],
+     lambda w, t: final_config(lambda d: None)(w, t) or edit_json(t / "final" / "shardtune.json",
+                                                                 lambda d: d.update(template="Q: {title}\nA: ")),
+     "template_hash"),
     ("train: --resume from moments emptied", ["train", TOKENS, "--out", "{tmp}/run", "--resume", "--model", "tiny", "--max-length", "64", "--batch-size", "4", "--max-steps", "3"], edited_optimizer(lambda o: o.update(state={})),
      "it holds no moments"),
     ("train: --resume from another run's checkpoint", ["train", TOKENS, "--out", "{tmp}/run", "--resume", "--model", "tiny", "--max-length", "64", "--batch-size", "4", "--max-steps", "3"],
@@ -805,6 +828,10 @@ CASES = [
           "num_hidden_layers": 1, "intermediate_size": 128, "vocab_size": 50304}))), "do not divide it evenly"),
     ("generate: weights of another shape than the config's", ["generate", "{tmp}/final", "q"],
      final_config(lambda d: d.update(n_embd=d["n_embd"] * 2)), "holds weights of another shape"),
+    ("generate: a config.json edited to fewer layers", ["generate", "{tmp}/final", "Red Hoodie"],
+     final_config(lambda d: d.update(n_layer=1)), "weights its config.json has no place for"),
+    ("train: a model config.json edited to no layers", ["train", TOKENS, "--out", "{tmp}/r", "--model", "{tmp}/final"],
+     final_config(lambda d: d.update(n_layer=0)), "weights its config.json has no place for"),
     ("tokenize: a shard without its content column", ["tokenize", "{tmp}/clean", "--out", "{tmp}/tok"],
      rewritten_etl_shard(lambda table: table.drop_columns(["content"])), "it has no content column"),
     ("tokenize: a shard of null titles", ["tokenize", "{tmp}/clean", "--out", "{tmp}/tok"],

@@ -163,7 +163,7 @@ def test_token_ids_past_65535_train_from_uint32_shards(tmp_path):
         stats[split] = SplitStats(examples=n, tokens=int(lengths.sum()), shards=shards)
     template = PromptTemplate()
     # ids drawn at random; a run loads its manifest's tokenizer (final/ carries it): GPT-2's is at hand offline
-    TokensManifest(source="", tokenizer="gpt2", tokenizer_backend="test", vocab_size=vocab, eos_id=vocab - 1,
+    TokensManifest(source="", tokenizer="gpt2", tokenizer_backend="test", vocab_size=vocab, eos_id=50256,
                    dtype="uint32", template=template.text, template_hash=template.hash, max_length=64,
                    val_fraction=0.1, splits=stats, dropped_prompt_too_long=0, length_histogram={}, fingerprint="",
                    options={}, duration_s=0.0).write(tmp_path / "tok")

@@ -69,7 +69,7 @@ class Trainer:
         check_something_to_learn(config, self.train_data, self.val_data)
         # final/ carries the tokenizer: loaded and checked before the model, and before any step
         self.tokenizer = load_tokenizer(self.manifest.tokenizer, say_fallback=False)
-        check_tokenizer_unchanged(self.tokenizer, self.manifest, tokens_dir)
+        check_tokenizer_unchanged(self.tokenizer, self.manifest, tokens_dir, config.model)
         # Few shapes: batch lengths from a fixed set chosen from the data; on a GPU also a fixed
         # number of rows, and predicted positions rounded up, so matrix shapes repeat.
         lengths = np.concatenate([self.train_data.lengths, self.val_data.lengths])

@@ -120,11 +120,25 @@ def check_model_reads_tokens(model, config: TrainConfig, manifest: TokensManifes
                         f"{config.model!r}; the shards do not match their manifest: re-run `shardtune tokenize`")
 
 
-def check_tokenizer_unchanged(tokenizer, manifest: TokensManifest, tokens_dir: Path) -> None:
+def check_tokenizer_unchanged(tokenizer, manifest: TokensManifest, tokens_dir: Path, model: str) -> None:
     """The tokenizer that final/ will carry makes the ids the shards hold: a tokenizer folder
-    edited or replaced since `tokenize` would ship beside a model trained on other ids."""
-    from shardtune.tokens.tokenizer import tokenizer_digest
+    edited or replaced since `tokenize` would ship beside a model trained on other ids. And a
+    model folder that carries a tokenizer of its own was taught that one's ids: shards of
+    another would be read as other words."""
+    from shardtune.hub import is_local
+    from shardtune.tokens.tokenizer import TOKENIZER_FILES, eos_id, load_tokenizer, tokenizer_digest
 
-    if manifest.tokenizer_digest and tokenizer_digest(tokenizer) != manifest.tokenizer_digest:
+    if (manifest.tokenizer_digest and tokenizer_digest(tokenizer) != manifest.tokenizer_digest) or \
+            eos_id(tokenizer) != manifest.eos_id:
         raise UserError(f"tokenizer {manifest.tokenizer!r} has changed since `shardtune tokenize` made {tokens_dir} "
-                        "(it would give other ids); re-run `shardtune tokenize --force`, or restore the tokenizer")
+                        "(it would give other ids, or another end-of-sequence id), or the manifest was edited; "
+                        "re-run `shardtune tokenize --force`, or restore the tokenizer")
+    folder = Path(model).expanduser()
+    if not manifest.tokenizer_digest or not is_local(model) or not folder.is_dir() or \
+            Path(manifest.tokenizer).expanduser().resolve() == folder.resolve() or \
+            not any((folder / f).exists() for f in TOKENIZER_FILES):
+        return
+    if tokenizer_digest(load_tokenizer(model, say_fallback=False)) != manifest.tokenizer_digest:
+        raise UserError(f"model {model} carries another tokenizer than {tokens_dir} was made with "
+                        f"({manifest.tokenizer!r}): its ids would mean other words to it; tokenize with "
+                        f"--tokenizer {model}")

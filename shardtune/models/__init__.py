@@ -112,6 +112,11 @@ def _all_weights_loaded(model: Any, info: dict, name: str) -> Any:
     missing = sorted(info.get("missing_keys") or [])
     if missing:
         raise UserError(f"model {name!r} lacks {len(missing)} of its weights (such as {missing[0]}): {ANOTHER_MODEL}")
+    # and the other way: a config.json edited to fewer layers would load some weights and drop the rest
+    unexpected = sorted(info.get("unexpected_keys") or [])
+    if unexpected:
+        raise UserError(f"model {name!r} holds {len(unexpected)} weights its config.json has no place for (such as "
+                        f"{unexpected[0]}): {ANOTHER_MODEL}")
     return model
 
 
