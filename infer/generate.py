@@ -51,15 +51,16 @@ class Answerer:
         prompt, _ = self.template.split(question)
         ids = encode_text(self.tokenizer, prompt)
         room = self.context - max_new_tokens
-        if room < 16:
+        encode = lambda text: encode_text(self.tokenizer, text)  # noqa: E731
+        before, after = self.template.around()
+        fixed = len(encode(before)) + len(encode(after))  # the template, whole, around one token of title
+        if room < fixed + 1:
             raise UserError(f"--max-new-tokens {max_new_tokens} leaves no room for the question in the model's "
-                            f"context of {self.context:,} tokens; use at most {max(1, self.context - 64):,}")
+                            f"context of {self.context:,} tokens (the template alone takes {fixed}); use at most "
+                            f"{max(1, self.context - fixed - 1):,}")
         if len(ids) > room:
             # keep the template around the title whole and cut the title from the left
-            encode = lambda text: encode_text(self.tokenizer, text)  # noqa: E731
-            before, after = self.template.around()
-            fixed = len(encode(before)) + len(encode(after))
-            keep = max(1, room - fixed)
+            keep = room - fixed
             if not self._warned:
                 log(f"generate: a question is longer than the model's context; keeping its last {keep} tokens")
                 self._warned = True

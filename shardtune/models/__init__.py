@@ -26,7 +26,7 @@ FAMILIES: tuple[Family, ...] = (GPT2(), Llama())
 
 
 def preset_family(name: str) -> Family | None:
-    """The family that has `name` as a preset, if any."""
+    """The family that has `name` as a preset, if any (its shape: "org/name" has the same)."""
     key = model_key(name)
     return next((f for f in FAMILIES if key in f.presets), None)
 
@@ -37,9 +37,12 @@ def family_of(model: Any) -> Family | None:
 
 
 def is_fresh_only(name: str) -> bool:
-    """A preset with no pretrained weights anywhere (`tiny`): always built fresh."""
+    """A preset with no pretrained weights here (`tiny`, `smollm2-135m`): always built fresh. Only a
+    bare name is one: "HuggingFaceTB/SmolLM2-135M" names the hub's pretrained model, which is
+    loaded or refused, never silently replaced by fresh weights of its shape."""
     family = preset_family(name)
-    return family is not None and model_key(name) not in family.hub_presets and not is_local(name)
+    return family is not None and model_key(name) not in family.hub_presets and not is_local(name) and \
+        "/" not in name.strip("/")
 
 
 def tokenizer_name(model: str) -> str:
@@ -227,10 +230,18 @@ def load_for_inference(name: str) -> Loaded:
     if is_local(name) and folder.is_dir():
         check_plain_files(folder)
     info = RunInfo.read(folder) if is_local(name) and folder.is_dir() else None
-    if is_fresh_only(name):
-        torch.manual_seed(42)  # the weights `shardtune train --model tiny` starts from
-    model = _load_adapter(folder, info) if (folder / ADAPTER_CONFIG).exists() else load_model(name)
     tokenizer = load_tokenizer(str(Path(name).expanduser()) if is_local(name) else tokenizer_name(name))
+    if is_fresh_only(name):  # the weights `shardtune train --model tiny` starts from, sized to the tokenizer
+        from shardtune.tokens.tokenizer import eos_id, vocab_size
+
+        torch.manual_seed(42)
+        model = load_model(name, vocab_size=vocab_size(tokenizer), eos_id=eos_id(tokenizer))
+    else:
+        model = _load_adapter(folder, info) if (folder / ADAPTER_CONFIG).exists() else load_model(name)
+    ids = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > ids:  # an id past the embedding: an IndexError mid-answer (a device assert on a GPU)
+        raise UserError(f"model {name!r} knows {ids:,} token ids but its tokenizer gives {len(tokenizer):,}; "
+                        "give a folder whose model and tokenizer were saved together")
     template = PromptTemplate(info.template) if info else PromptTemplate()
     config = model.config
     context = positions_of(config) or 1024
