@@ -230,14 +230,15 @@ def load_for_inference(name: str) -> Loaded:
     if is_local(name) and folder.is_dir():
         check_plain_files(folder)
     info = RunInfo.read(folder) if is_local(name) and folder.is_dir() else None
-    tokenizer = load_tokenizer(str(Path(name).expanduser()) if is_local(name) else tokenizer_name(name))
     if is_fresh_only(name):  # the weights `shardtune train --model tiny` starts from, sized to the tokenizer
         from shardtune.tokens.tokenizer import eos_id, vocab_size
 
+        tokenizer = load_tokenizer(tokenizer_name(name))
         torch.manual_seed(42)
         model = load_model(name, vocab_size=vocab_size(tokenizer), eos_id=eos_id(tokenizer))
-    else:
+    else:  # the model first: a folder that is no model says so before its tokenizer is looked for
         model = _load_adapter(folder, info) if (folder / ADAPTER_CONFIG).exists() else load_model(name)
+        tokenizer = load_tokenizer(str(Path(name).expanduser()) if is_local(name) else tokenizer_name(name))
     ids = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > ids:  # an id past the embedding: an IndexError mid-answer (a device assert on a GPU)
         raise UserError(f"model {name!r} knows {ids:,} token ids but its tokenizer gives {len(tokenizer):,}; "
