@@ -530,6 +530,24 @@ def test_torchrun_variables_that_no_torchrun_set_are_one_line_errors(monkeypatch
         processes()
 
 
+def test_a_world_size_whose_other_processes_never_come_ends_in_one_line(monkeypatch):
+    import socket
+
+    from shardtune.train.device import join_processes
+
+    with socket.socket() as s:  # a free port
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for name, value in {"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+                        "SHARDTUNE_RENDEZVOUS_S": "1"}.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(UserError, match="did not join at 127.0.0.1"):
+        join_processes(2, "gloo")  # once it waited in C++, deaf to Ctrl-C, until killed
+    monkeypatch.setenv("SHARDTUNE_RENDEZVOUS_S", "soon")
+    with pytest.raises(UserError, match="is not a number of seconds"):
+        join_processes(2, "gloo")
+
+
 def test_a_rank_left_in_the_shell_does_not_make_a_single_run_write_nothing(tokens, tmp_path, monkeypatch):
     """RANK=1 without WORLD_SIZE once made a plain run train, skip every write, and end with nothing."""
     monkeypatch.setenv("RANK", "1")

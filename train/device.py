@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from shardtune.console import log
-from shardtune.errors import UserError
+from shardtune.errors import UserError, first_line
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,43 @@ def processes() -> Processes:
         raise UserError(f"WORLD_SIZE={world} asks for a distributed run, but {' and '.join(missing)} is not set; "
                         "unset WORLD_SIZE, or launch with torchrun, which sets them all")
     return Processes(rank, world, local)
+
+
+RENDEZVOUS_S = 300  # how long a rank waits for the others (torchrun starts them together)
+
+
+def join_processes(world: int, backend: str) -> None:
+    """torch.distributed.init_process_group, bounded and interruptible. It blocks in C++ until every
+    rank has come, where Ctrl-C and SIGTERM are not seen: a WORLD_SIZE left in a shell once made a
+    plain run wait without a word until killed. It runs on a thread the main one waits for, so a
+    signal ends the run, and gives up after RENDEZVOUS_S (SHARDTUNE_RENDEZVOUS_S) with one line."""
+    import datetime
+    import threading
+
+    raw = os.environ.get("SHARDTUNE_RENDEZVOUS_S", str(RENDEZVOUS_S))
+    try:
+        wait = float(raw)
+        if not 0 < wait < 1e6:
+            raise ValueError
+    except ValueError:
+        raise UserError(f"SHARDTUNE_RENDEZVOUS_S={raw!r} is not a number of seconds; give one such as 300") from None
+    where = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
+    log(f"train: waiting up to {wait:g} s for the {world} processes of WORLD_SIZE={world} at {where}")
+    failed: list[BaseException] = []
+
+    def join() -> None:
+        try:
+            torch.distributed.init_process_group(backend, timeout=datetime.timedelta(seconds=wait))
+        except BaseException as e:  # raised in the main thread below
+            failed.append(e)
+
+    thread = threading.Thread(target=join, name="shardtune-rendezvous", daemon=True)
+    thread.start()
+    thread.join(wait + 30)  # the store gives up after `wait`; the margin is for its own clean-up
+    if thread.is_alive() or failed:
+        why = f" ({first_line(failed[0])[:160]})" if failed else ""
+        raise UserError(f"the other processes of WORLD_SIZE={world} did not join at {where} within {wait:g} s{why}; "
+                        "launch every rank (torchrun --nproc_per_node N starts them all), or unset WORLD_SIZE")
 
 
 @dataclass

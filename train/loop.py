@@ -32,7 +32,7 @@ from .checkpoint import TrainState, checkpoint_dirs, load_checkpoint, save_check
 from .config import TrainConfig
 from .counters import Counters
 from .data import Prefetcher, collate, epoch_batches, length_buckets
-from .device import cap_gpu_memory, choose_precision, peak_memory_mb, processes
+from .device import cap_gpu_memory, choose_precision, join_processes, peak_memory_mb, processes
 from .export import export_model
 from .loss import AnswerLoss, batch_loss, summed_loss
 from .metrics import MetricsLog, describe
@@ -134,7 +134,7 @@ class Trainer:
     def _setup_device(self) -> torch.device:
         cuda = torch.cuda.is_available()
         if self.world > 1 and not torch.distributed.is_initialized():
-            torch.distributed.init_process_group("nccl" if cuda else "gloo")
+            join_processes(self.world, "nccl" if cuda else "gloo")
         if cuda:
             device = torch.device("cuda", self.processes.local_rank)
             torch.cuda.set_device(device)
