@@ -40,13 +40,11 @@ def run_etl(inputs: list[Path], out: Path, config: EtlConfig | None = None) -> E
     config = (config or EtlConfig()).check()
     if not inputs:
         raise UserError("no input files given")
-    if sum(str(p) == "-" for p in inputs) > 1:  # the second would find it read to its end, and closed
-        raise UserError("- (standard input) is given more than once; it can be read only once: give it once")
+    refuse_repeated(inputs)
     record = schema(config.fields())
     readers = [InputReader(p, config.batch_lines, config.max_line_bytes, config.batch_bytes, record)
                for p in inputs]  # fail fast on bad paths
     try:
-        _refuse_twice(readers)
         for reader in readers:
             if str(reader.path) != "-" and out.resolve() in reader.path.resolve().parents:
                 raise UserError(f"input {reader.path} is inside --out {out}, whose earlier output etl replaces; "
@@ -62,17 +60,22 @@ def run_etl(inputs: list[Path], out: Path, config: EtlConfig | None = None) -> E
         return _run(readers, out, config)
 
 
-def _refuse_twice(readers: list[InputReader]) -> None:
+def refuse_repeated(inputs: list[Path]) -> None:
     """One file given twice (as a.json and ./a.json, or through a link) would be read twice and
-    every record of the second reading counted as a duplicate."""
+    every record of the second reading counted as a duplicate; standard input can be read once."""
+    if sum(str(p) == "-" for p in inputs) > 1:  # the second would find it read to its end, and closed
+        raise UserError("- (standard input) is given more than once; it can be read only once: give it once")
     seen: dict[tuple[int, int], Path] = {}
-    for reader in readers:
-        st = os.fstat(reader.raw.fileno())
-        if not stat.S_ISREG(st.st_mode):
+    for path in inputs:
+        try:
+            st = os.stat(path) if str(path) != "-" else None
+        except OSError:
+            continue  # missing or unreadable: the reader says which
+        if st is None or not stat.S_ISREG(st.st_mode):
             continue
-        first = seen.setdefault((st.st_dev, st.st_ino), reader.path)
-        if first is not reader.path:
-            same = "" if str(first) == str(reader.path) else f" (as {first} and {reader.path})"
+        first = seen.setdefault((st.st_dev, st.st_ino), path)
+        if first is not path:
+            same = "" if str(first) == str(path) else f" (as {first} and {path})"
             raise UserError(f"input {first} is given more than once{same}; give each file once")
 
 

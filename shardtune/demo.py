@@ -52,10 +52,12 @@ def run_demo(out: Path, inputs: list[Path] | None = None, config: DemoConfig | N
     sample = bundled_sample()
     if not inputs and not sample.exists():
         raise UserError(f"the bundled sample {sample} is missing; pass --input FILE")
+    from .etl.pipeline import refuse_repeated
     from .etl.read import check_input
 
     for path in inputs or []:  # before the output folder is touched
         check_input(path)
+    refuse_repeated(inputs or [])
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} is a file; give a folder with --out")
     if out.exists() and any(p.name != LOCK for p in out.iterdir()) and not (out / "demo.txt").exists():

@@ -659,6 +659,8 @@ CASES = [
     ("eval: tuned model missing", ["eval", "--base", "tiny", "--tuned", "{tmp}/none/final", "--data", TOKENS, "--out",
                                    "{tmp}/e", "--samples", "1", "--eval-examples", "4"], None, "model folder not found"),
     # demo
+    ("demo: one input given twice", ["demo", "--out", "{tmp}/d", "--input", "{world}/trn.json", "{world}/trn.json"],
+     None, "is given more than once"),
     ("demo: --out not empty and not a demo", ["demo", "--out", "{world}"], None, "not an earlier demo"),
     ("demo: --steps 0", ["demo", "--steps", "0"], None, "--steps must be"),
     ("demo: --input missing", ["demo", "--out", "{tmp}/d", "--input", "{tmp}/none.json", "--steps", "1"], None,
