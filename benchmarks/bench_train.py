@@ -88,12 +88,21 @@ def bench_train(config: BenchTrainConfig) -> int:
     cuda = torch.cuda.is_available()
     model = config.model or ("distilgpt2" if cuda else "tiny")
     steps = config.steps or (200 if cuda else 40)
+    from shardtune.errors import UserError
+    from shardtune.manifest import TokensManifest
+    from shardtune.models import check_model
+
+    check_model(model)  # before the data is made
     batch_size, workdir = config.batch_size, scratch_dir(config.workdir)
     tokens, etl_dir = workdir / "tokens", workdir / "etl"
     if not (tokens / "manifest.json").exists():
         src = synth_input(workdir, config.lines, 0.0)
         run_measured(["-m", "shardtune.cli", "etl", str(src), "--out", str(etl_dir)])
         run_measured(["-m", "shardtune.cli", "tokenize", str(etl_dir), "--out", str(tokens)])
+    examples = TokensManifest.read(tokens).splits["train"].examples
+    if batch_size > examples:  # the seed's figures would count a batch it never had
+        raise UserError(f"--batch-size {batch_size:,} is more than the {examples:,} training examples that "
+                        f"--lines {config.lines:,} gave; raise --lines or lower --batch-size")
     log(f"bench train: shardtune train ({model}, {steps} steps of {batch_size}) ...")
     ours = train_ours(tokens, workdir / "run-shardtune", model, steps, batch_size)
     log("bench train: the seed's Trainer setup ...")

@@ -57,7 +57,7 @@ def run(etl_dir: Path, out: Path, model_name: str, from_scratch: bool, steps: in
     trainer.train()
     half = steps // 2  # steady state: the second half of the steps
     seconds = marks[steps] - marks[half]
-    result = {"useful_tokens_per_s": real_per_example * batch_size * (steps - half) / seconds,
+    result = {"useful_tokens_per_s": real_per_example * min(batch_size, len(examples)) * (steps - half) / seconds,
               "padding": 1 - real_per_example / 256,
               "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None}
     (out / "result.json").write_text(json.dumps(result))

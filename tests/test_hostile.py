@@ -677,6 +677,12 @@ CASES = [
      "GB free; give --lines"),
     ("plan: --vram 0", ["plan", "--vram", "0"], None, "--vram must be"),
     ("plan: model folder missing", ["plan", "--model", "{tmp}/none"], None, "cannot read the config"),
+    ("plan: a model path that is not there", ["plan", "--model", "./no/such/model"], None, "model folder not found"),
+    ("plan: a folder without config.json", ["plan", "--model", "{tmp}"], None, "holds no config.json"),
+    ("bench train: a model folder that is not there", ["bench", "train", "--model", "./nope", "--workdir", "{tmp}/b"],
+     None, "model folder not found"),
+    ("bench train: --batch-size past the data", ["bench", "train", "--lines", "40", "--steps", "4", "--batch-size",
+                                                "100000", "--workdir", "{tmp}/b"], None, "training examples that"),
     ("plan: --max-length 4", ["plan", "--max-length", "4"], None, "--max-length must be"),
     ("convert: file missing", ["convert", "{tmp}/none.gguf", "--out", "{tmp}/m"], None, "file not found"),
     ("convert: a folder", ["convert", "{tmp}", "--out", "{tmp}/m"], None, "is a folder"),
@@ -867,7 +873,8 @@ CASES = [
 
 
 # Refused once the work showed it: the diverged run's metrics and the demo's clean and token folders stay
-REFUSED_AFTER_WORK = {"train: --lr 1e30 diverges with finite weights", "demo: an input too small to hold products out"}
+REFUSED_AFTER_WORK = {"train: --lr 1e30 diverges with finite weights", "demo: an input too small to hold products out",
+                      "bench train: --batch-size past the data"}  # its made data stays, for the rerun
 
 
 @pytest.mark.parametrize("name, argv, setup, message", CASES, ids=[c[0] for c in CASES])

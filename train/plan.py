@@ -62,15 +62,20 @@ def model_config(model_name: str):
     from transformers import AutoConfig
 
     from shardtune.errors import UserError, first_line
-    from shardtune.hub import hub_reachable, is_local, model_key
+    from shardtune.hub import hub_reachable, is_local, looks_like_path, model_key
     from shardtune.models import preset_family, require_name
 
     require_name(model_name)
     family = preset_family(model_name)
     if family is not None and not Path(model_name).exists():
         return family.config(model_key(model_name))
+    what = "cannot read the config of"  # the words every refusal here starts with (the tests look for them)
     if not is_local(model_name):
+        if looks_like_path(model_name):  # "./nope": no hub would have it
+            raise UserError(f"{what} {model_name!r}: model folder not found")
         hub_reachable()  # offline, this makes transformers look in its cache alone, without retrying the hub
+    elif Path(model_name).expanduser().is_dir() and not (Path(model_name).expanduser() / "config.json").is_file():
+        raise UserError(f"{what} {model_name!r}: the folder holds no config.json; give a model folder")
     try:
         config = AutoConfig.from_pretrained(model_name)
     except Exception as e:  # a user's file: transformers' own checks raise many types (validation, division)
