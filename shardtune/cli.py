@@ -53,6 +53,24 @@ def build_parser() -> Parser:
     return parser
 
 
+def parse(parser: Parser, argv: list[str]):
+    """The parsed command line. A command's positional arguments may come after its options too
+    (`generate MODEL --temperature 0 "a question"`), as argparse alone allows only before them."""
+    args, extras = parser.parse_known_args(argv)
+    sub = getattr(args, "_parser", None)
+    if extras and sub is not None and not any(e.startswith("-") for e in extras):
+        try:
+            again = sub.parse_intermixed_args(argv[argv.index(args.command) + 1:])
+        except TypeError:  # a parser intermixing cannot read (argparse's limits): the plain error below
+            again = None
+        if again is not None:
+            again.command = args.command
+            return again
+    if extras:
+        (sub or parser).error(f"unrecognized arguments: {' '.join(extras)}")
+    return args
+
+
 def describe_os_error(e: OSError) -> str:
     """One line for what the machine refused: a full disk, a read-only folder, a missing path."""
     import errno
@@ -77,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"shardtune: error: argument '{shown}' is not valid UTF-8; give it as UTF-8 (for a path, rename "
                   "the file or folder)", file=sys.stderr)
             return 2
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
     # transformers' warnings and advice (read when it is imported, so without importing it here) are
     # about its own API, not the user's run; shardtune says what matters itself. A user's setting wins.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

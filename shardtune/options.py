@@ -190,7 +190,9 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type[Config]) -> None
     table and the field defaults show through when a flag is not given."""
     SECTIONS.add(cls.SECTION)
     parser.add_argument("--config", type=config_path, metavar="FILE",
-                        help=f"TOML file whose [{cls.SECTION}] table sets any option below; flags override it")
+                        help=f"TOML file whose [{cls.SECTION}] table sets any option below that shows a default "
+                        "(the paths and switches of this one run, such as --out, are given as arguments); flags "
+                        "override it")
     groups: dict[str | None, Any] = {None: parser}
     types = cls.field_types()
     for f in fields(cls):  # type: ignore[arg-type]
@@ -249,5 +251,5 @@ def add_command(sub, name: str, cls: type[Config], run, help: str, description: 
     validated config (defaults < TOML < flags). Returns the parser for positional arguments."""
     parser = sub.add_parser(name, help=help, description=description)
     add_config_flags(parser, cls)
-    parser.set_defaults(run=lambda args: run(args, config_from_args(args)))
+    parser.set_defaults(run=lambda args: run(args, config_from_args(args)), _parser=parser)
     return parser

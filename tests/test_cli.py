@@ -154,3 +154,13 @@ def test_flags_override_the_toml_table_which_overrides_the_defaults(tmp_path):
     args = build_parser().parse_args(["train", "t", "--out", "o", "--config", path, "--lr", "0.5"])
     config = config_from_args(args)
     assert (config.batch_size, config.lr, config.epochs) == (4, 0.5, 3)
+
+
+def test_a_commands_arguments_may_follow_its_options():
+    from shardtune.cli import build_parser, parse
+
+    args = parse(build_parser(), ["generate", "run/final", "--temperature", "0", "Girls Ballet Tutu"])
+    assert (args.model, args.question, args.temperature) == ("run/final", "Girls Ballet Tutu", 0.0)
+    with pytest.raises(SystemExit) as stop:  # one argument too many is still refused, by the command's parser
+        parse(build_parser(), ["generate", "run/final", "--temperature", "0", "a", "b"])
+    assert stop.value.code == 2

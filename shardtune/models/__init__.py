@@ -57,11 +57,11 @@ def require_name(name: str) -> None:
                         "a model folder or a Hugging Face hub name")
 
 
-def load_model(name: str, *, from_scratch: bool = False, vocab_size: int | None = None, eos_id: int | None = None,
-               prepare: bool = True) -> Any:
+def load_model(name: str, *, from_scratch: bool | None = False, vocab_size: int | None = None,
+               eos_id: int | None = None, prepare: bool = True) -> Any:
     """A causal LM from a preset, a folder or the hub; user mistakes become one-line UserErrors.
     `prepare=False` keeps stock modules (the seed's baseline)."""
-    model = _load(name, from_scratch, vocab_size, eos_id)
+    model = _load(name, from_scratch, vocab_size, eos_id)  # from_scratch None: a command without the flag
     family = family_of(model)  # prepared here, once, however the model was loaded
     return family.prepare(model) if prepare and family is not None else model
 
@@ -93,7 +93,8 @@ def _load(name: str, from_scratch: bool, vocab_size: int | None, eos_id: int | N
             model, info = AutoModelForCausalLM.from_pretrained(name, local_files_only=True, output_loading_info=True)
         except (OSError, ValueError, RuntimeError) as e:
             _refuse_mismatched(e, name)
-            raise _not_cached(name, " or --from-scratch for fresh weights in its architecture" if family else "") from None
+            hint = " or --from-scratch for fresh weights in its architecture" if family and from_scratch is not None else ""
+            raise _not_cached(name, hint) from None
         return _all_weights_loaded(model, info, name)
     try:
         model, info = AutoModelForCausalLM.from_pretrained(name, output_loading_info=True)
@@ -237,7 +238,7 @@ def load_for_inference(name: str) -> Loaded:
         torch.manual_seed(42)
         model = load_model(name, vocab_size=vocab_size(tokenizer), eos_id=eos_id(tokenizer))
     else:  # the model first: a folder that is no model says so before its tokenizer is looked for
-        model = _load_adapter(folder, info) if (folder / ADAPTER_CONFIG).exists() else load_model(name)
+        model = _load_adapter(folder, info) if (folder / ADAPTER_CONFIG).exists() else load_model(name, from_scratch=None)
         tokenizer = load_tokenizer(str(Path(name).expanduser()) if is_local(name) else tokenizer_name(name))
     ids = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > ids:  # an id past the embedding: an IndexError mid-answer (a device assert on a GPU)
