@@ -56,13 +56,13 @@ def commit_folder(tmp: Path, final: Path) -> None:
 
 
 def is_stream(path: Path) -> bool:
-    """Whether writing `path` means writing a stream in place: a device, a pipe or a socket, or a
-    name under /dev or /proc (`/dev/stdout` is a link to /proc/self/fd/1, which is a link to
-    whatever the shell redirected it to: a file there is still the shell's stream, not ours to
-    replace), itself or at any link on the way."""
+    """Whether writing `path` means writing a stream in place: a device, a pipe or a socket, or an
+    open file of a process (`/dev/stdout` is a link to /proc/self/fd/1, which is a link to whatever
+    the shell redirected it to: a file there is still the shell's stream, not ours to replace),
+    itself or at any link on the way. (A file in /dev/shm is a file.)"""
     seen = 0
     while True:
-        if str(path).startswith(("/dev/", "/proc/")):
+        if str(path).startswith(("/proc/", "/dev/fd/")) or str(path) in ("/dev/stdout", "/dev/stderr"):
             return True
         if not path.is_symlink() or seen == 40:
             break
