@@ -54,9 +54,9 @@ def check_vocabulary(answerer: Answerer, manifest: TokensManifest, name: str) ->
     model_vocab = answerer.model.get_input_embeddings().num_embeddings
     tokenizer_vocab = len(answerer.tokenizer)
     if model_vocab < manifest.vocab_size:  # the tokenizers may agree: say what does not
-        raise UserError(f"model {name!r} knows {model_vocab:,} token ids, but the shards were tokenized with "
-                        f"{manifest.tokenizer!r} ({manifest.vocab_size:,} tokens); compare models that share the "
-                        "shards' tokenizer")
+        raise UserError(f"model {name!r} does not read these shards: it knows {model_vocab:,} token ids, but they "
+                        f"were tokenized with {manifest.tokenizer!r} ({manifest.vocab_size:,} tokens); compare "
+                        "models that share the shards' tokenizer")
     if tokenizer_vocab != manifest.vocab_size or answerer.eos != manifest.eos_id:
         raise UserError(f"model {name!r} does not read these shards: they were tokenized with "
                         f"{manifest.tokenizer!r} ({manifest.vocab_size:,} tokens, EOS {manifest.eos_id}) but its "

@@ -65,6 +65,10 @@ class Answerer:
                 log(f"generate: a question is longer than the model's context; keeping its last {keep} tokens")
                 self._warned = True
             ids = encode(before) + encode(question)[-keep:] + encode(after)
+        known = self.model.get_input_embeddings().num_embeddings
+        if max(ids, default=0) >= known:  # past the embedding: an IndexError (on a GPU, a device assert)
+            raise UserError(f"the question's token id {max(ids):,} is past the {known:,} ids the model knows: its "
+                            "tokenizer is not the model's; give a folder whose model and tokenizer were saved together")
         return ids
 
     @torch.no_grad()

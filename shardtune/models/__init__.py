@@ -240,10 +240,6 @@ def load_for_inference(name: str) -> Loaded:
     else:  # the model first: a folder that is no model says so before its tokenizer is looked for
         model = _load_adapter(folder, info) if (folder / ADAPTER_CONFIG).exists() else load_model(name, from_scratch=None)
         tokenizer = load_tokenizer(str(Path(name).expanduser()) if is_local(name) else tokenizer_name(name))
-    ids = model.get_input_embeddings().num_embeddings
-    if len(tokenizer) > ids:  # an id past the embedding: an IndexError mid-answer (a device assert on a GPU)
-        raise UserError(f"model {name!r} knows {ids:,} token ids but its tokenizer gives {len(tokenizer):,}; "
-                        "give a folder whose model and tokenizer were saved together")
     template = PromptTemplate(info.template) if info else PromptTemplate()
     config = model.config
     context = positions_of(config) or 1024
