@@ -34,6 +34,8 @@ class Answerer:
         self.context = context
         self.run_dir = run_dir  # the run that trained the model, when shardtune did
         self.eos = tokenizer.eos_token_id
+        embeddings = getattr(model, "get_input_embeddings", None)  # every transformers model has one
+        self.known_ids = embeddings().num_embeddings if embeddings is not None else None
         self._warned = False
 
     @classmethod
@@ -65,8 +67,8 @@ class Answerer:
                 log(f"generate: a question is longer than the model's context; keeping its last {keep} tokens")
                 self._warned = True
             ids = encode(before) + encode(question)[-keep:] + encode(after)
-        known = self.model.get_input_embeddings().num_embeddings
-        if max(ids, default=0) >= known:  # past the embedding: an IndexError (on a GPU, a device assert)
+        known = self.known_ids
+        if known is not None and max(ids, default=0) >= known:  # past the embedding: an IndexError (on a GPU, a device assert)
             raise UserError(f"the question's token id {max(ids):,} is past the {known:,} ids the model knows: its "
                             "tokenizer is not the model's; give a folder whose model and tokenizer were saved together")
         return ids
