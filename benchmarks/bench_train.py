@@ -82,16 +82,15 @@ def bench_train(config: BenchTrainConfig) -> int:
     import torch
 
     from shardtune.console import log
+    from shardtune.errors import UserError
+    from shardtune.manifest import TokensManifest
+    from shardtune.models import check_model
 
     from .common import device_name, print_table, run_measured, scratch_dir, synth_input
 
     cuda = torch.cuda.is_available()
     model = config.model or ("distilgpt2" if cuda else "tiny")
     steps = config.steps or (200 if cuda else 40)
-    from shardtune.errors import UserError
-    from shardtune.manifest import TokensManifest
-    from shardtune.models import check_model
-
     check_model(model)  # before the data is made
     batch_size, workdir = config.batch_size, scratch_dir(config.workdir)
     tokens, etl_dir = workdir / "tokens", workdir / "etl"

@@ -73,8 +73,9 @@ def refuse_repeated(inputs: list[Path]) -> None:
             continue  # missing or unreadable: the reader says which
         if st is None or not stat.S_ISREG(st.st_mode):
             continue
-        first = seen.setdefault((st.st_dev, st.st_ino), path)
-        if first is not path:
+        first = seen.get((st.st_dev, st.st_ino))
+        seen[(st.st_dev, st.st_ino)] = first or path
+        if first is not None:
             same = "" if str(first) == str(path) else f" (as {first} and {path})"
             raise UserError(f"input {first} is given more than once{same}; give each file once")
 

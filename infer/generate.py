@@ -8,6 +8,8 @@ Hugging Face causal LM is asked in the default template.
 
 from __future__ import annotations
 
+import functools
+
 import json
 from pathlib import Path
 from typing import Iterator
@@ -55,7 +57,7 @@ class Answerer:
         room = self.context - max_new_tokens
         encode = lambda text: encode_text(self.tokenizer, text)  # noqa: E731
         before, after = self.template.around()
-        fixed = len(encode(before)) + len(encode(after))  # the template, whole, around one token of title
+        fixed = self._template_tokens  # the template, whole, around one token of title
         if room < fixed + 1:
             raise UserError(f"--max-new-tokens {max_new_tokens} leaves no room for the question in the model's "
                             f"context of {self.context:,} tokens (the template alone takes {fixed}); use at most "
@@ -68,10 +70,16 @@ class Answerer:
                 self._warned = True
             ids = encode(before) + encode(question)[-keep:] + encode(after)
         known = self.known_ids
-        if known is not None and max(ids, default=0) >= known:  # past the embedding: an IndexError (on a GPU, a device assert)
+        if known is not None and max(ids, default=0) >= known:  # past the embedding: an IndexError, a GPU assert
             raise UserError(f"the question's token id {max(ids):,} is past the {known:,} ids the model knows: its "
                             "tokenizer is not the model's; give a folder whose model and tokenizer were saved together")
         return ids
+
+    @functools.cached_property
+    def _template_tokens(self) -> int:
+        """Tokens of the template around the title: the same for every question."""
+        before, after = self.template.around()
+        return sum(len(ids) for ids in encode_text(self.tokenizer, [before, after]))
 
     @torch.no_grad()
     def answer(self, questions: list[str], sampling: GenerateConfig, stream: bool = False) -> list[dict]:

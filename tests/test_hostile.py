@@ -260,6 +260,9 @@ def toml(text: bytes):
 
 
 TOKENS, CLEAN, RUN = "{world}/tokens", "{world}/clean", "{world}/run"
+# a resume of the world's run as it was trained
+RESUME = ["train", TOKENS, "--out", "{tmp}/run", "--resume", "--model", "tiny", "--max-length", "64", "--batch-size", "4",
+          "--max-steps", "3"]
 
 
 def symlink_loop(w, t):
@@ -566,11 +569,11 @@ CASES = [
                                                                "--model", "tiny", "--max-length", "64",
                                                                "--batch-size", "4", "--max-steps", "3"],
      edited_state(lambda d: d.update(bad_steps=10**9)), "is not shardtune's"),
-    ("train: --resume from moments of another shape", ["train", TOKENS, "--out", "{tmp}/run", "--resume", "--model", "tiny", "--max-length", "64", "--batch-size", "4", "--max-steps", "3"],
+    ("train: --resume from moments of another shape", RESUME,
      edited_optimizer(lambda o: o["state"][0].update(exp_avg=torch_zeros(3))), "optimizer state does not fit"),
-    ("train: --resume from weights made integers", ["train", TOKENS, "--out", "{tmp}/run", "--resume", "--model", "tiny", "--max-length", "64", "--batch-size", "4", "--max-steps", "3"],
+    ("train: --resume from weights made integers", RESUME,
      edited_weights(lambda v: v.astype("int32") * 0), "not floating point"),
-    ("train: --resume from a weight of NaN", ["train", TOKENS, "--out", "{tmp}/run", "--resume", "--model", "tiny", "--max-length", "64", "--batch-size", "4", "--max-steps", "3"], edited_weights(lambda v: v * float("nan")), "not finite"),
+    ("train: --resume from a weight of NaN", RESUME, edited_weights(lambda v: v * float("nan")), "not finite"),
     ("train: a token manifest's template edited", ["train", "{tmp}/tokens", "--out", "{tmp}/r", "--model", "tiny"],
      damaged_tokens(lambda k: edit_json(k / "manifest.json", lambda d: d.update(template="Q: {title}\nA: "))),
      "template_hash"),
@@ -584,11 +587,11 @@ CASES = [
      lambda w, t: final_config(lambda d: None)(w, t) or edit_json(t / "final" / "shardtune.json",
                                                                  lambda d: d.update(template="Q: {title}\nA: ")),
      "template_hash"),
-    ("train: --resume from moments emptied", ["train", TOKENS, "--out", "{tmp}/run", "--resume", "--model", "tiny", "--max-length", "64", "--batch-size", "4", "--max-steps", "3"], edited_optimizer(lambda o: o.update(state={})),
+    ("train: --resume from moments emptied", RESUME, edited_optimizer(lambda o: o.update(state={})),
      "it holds no moments"),
-    ("train: --resume from another run's checkpoint", ["train", TOKENS, "--out", "{tmp}/run", "--resume", "--model", "tiny", "--max-length", "64", "--batch-size", "4", "--max-steps", "3"],
+    ("train: --resume from another run's checkpoint", RESUME,
      edited_state(lambda d: d["config"].update(batch_size=8, seed=7)), "written by a run of other settings"),
-    ("train: --resume at another learning rate", ["train", TOKENS, "--out", "{tmp}/run", "--resume", "--model", "tiny", "--max-length", "64", "--batch-size", "4", "--max-steps", "3", "--lr", "1e-3"], run_copy, "--lr 5e-05 -> 0.001"),
+    ("train: --resume at another learning rate", RESUME + ["--lr", "1e-3"], run_copy, "--lr 5e-05 -> 0.001"),
     ("train: --resume from a state.json that never ends", ["train", TOKENS, "--out", "{tmp}/run", "--resume",
                                                            "--model", "tiny", "--max-length", "64", "--batch-size",
                                                            "4", "--max-steps", "3"],

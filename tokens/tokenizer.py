@@ -87,7 +87,7 @@ PROBES = ("Product: Girls Ballet Tutu Neon Pink\nDescription: High quality 3 lay
           "<|endoftext|> <s> </s> <unk> [CLS] [SEP] <|im_start|> <|begin_of_text|>")
 
 
-def tokenizer_digest(tokenizer) -> str:
+def tokenizer_digest(tokenizer, ids: list | None = None) -> str:
     """A hash of what decides the ids: the vocabulary with its added tokens, a BPE's merges, and the
     ids of PROBES, as the shards are encoded, which show the normalizer and the pre-tokenizer at work.
     A folder edited after `tokenize` gives another. No serialisation is hashed, since those change
@@ -101,7 +101,7 @@ def tokenizer_digest(tokenizer) -> str:
         model = json.loads(backend.to_str()).get("model") or {}
         # tokenizers wrote a merge as "a b" before 0.20, as ["a", "b"] since
         merges = [m.split(" ", 1) if isinstance(m, str) else list(m) for m in model.get("merges") or []]
-    ids = encode_text(tokenizer, list(PROBES))
+    ids = encode_text(tokenizer, list(PROBES)) if ids is None else ids  # `ids`: PROBES' ids, encoded already
     key = json.dumps([sorted(tokenizer.get_vocab().items()), merges, ids], ensure_ascii=False)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
@@ -112,7 +112,7 @@ def checked_digest(tokenizer, name: str) -> str:
     and an empty or broken vocabulary raises from inside the tokenizers library."""
     try:
         ids = encode_text(tokenizer, list(PROBES))
-        digest = tokenizer_digest(tokenizer)
+        digest = tokenizer_digest(tokenizer, ids)
     except Exception as e:  # tokenizers raises a bare Exception ("WordLevel error: Missing [UNK] token")
         raise UserError(f"tokenizer {name} cannot encode text ({first_line(e)}); give a whole tokenizer") from None
     if vocab_size(tokenizer) < 2 or not any(ids):

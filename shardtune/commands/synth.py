@@ -29,14 +29,14 @@ def _file_name(text: str) -> Path:
 def run(args, config) -> int:
     from shardtune.console import log
     from shardtune.data.synth import write_synth
-
     from shardtune.files import is_stream
 
     if args.out.is_dir():
         raise UserError(f"OUT {args.out} is a folder; give a file name")
-    if not is_stream(args.out) and args.out.is_file() and not config.force:
-        raise UserError(f"{args.out} exists (perhaps real data); choose another name, or add --force to replace it")
-    if not is_stream(args.out):
+    if not is_stream(args.out):  # a stream (/dev/stdout, a pipe) is written in place: nothing to refuse or make
+        if args.out.is_file() and not config.force:
+            raise UserError(f"{args.out} exists (perhaps real data); choose another name, or add --force to "
+                            "replace it")
         args.out.parent.mkdir(parents=True, exist_ok=True)
     _check_room(args.out, config)
     size = write_synth(args.out, config.lines, config.seed, config.malformed_rate, config.profile)

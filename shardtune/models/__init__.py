@@ -93,7 +93,8 @@ def _load(name: str, from_scratch: bool, vocab_size: int | None, eos_id: int | N
             model, info = AutoModelForCausalLM.from_pretrained(name, local_files_only=True, output_loading_info=True)
         except (OSError, ValueError, RuntimeError) as e:
             _refuse_mismatched(e, name)
-            hint = " or --from-scratch for fresh weights in its architecture" if family and from_scratch is not None else ""
+            offer = family is not None and from_scratch is not None  # None: the command has no --from-scratch
+            hint = " or --from-scratch for fresh weights in its architecture" if offer else ""
             raise _not_cached(name, hint) from None
         return _all_weights_loaded(model, info, name)
     try:
@@ -238,7 +239,8 @@ def load_for_inference(name: str) -> Loaded:
         torch.manual_seed(42)
         model = load_model(name, vocab_size=vocab_size(tokenizer), eos_id=eos_id(tokenizer))
     else:  # the model first: a folder that is no model says so before its tokenizer is looked for
-        model = _load_adapter(folder, info) if (folder / ADAPTER_CONFIG).exists() else load_model(name, from_scratch=None)
+        adapter = (folder / ADAPTER_CONFIG).exists()
+        model = _load_adapter(folder, info) if adapter else load_model(name, from_scratch=None)
         tokenizer = load_tokenizer(str(Path(name).expanduser()) if is_local(name) else tokenizer_name(name))
     template = PromptTemplate(info.template) if info else PromptTemplate()
     config = model.config
