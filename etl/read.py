@@ -1,6 +1,6 @@
 """Streaming readers for the catalogue: NDJSON, gzip-compressed NDJSON, or one JSON array.
 
-Polars, pandas and ijson all abort a whole file at its first bad line. Here each
+Polars, pandas and streaming JSON parsers all abort a whole file at its first bad line. Here each
 line is decoded on its own (msgspec, against the record schema), so a bad line
 costs only itself: it comes back as a `Malformed` with its line number and raw
 bytes, and reading goes on. Memory is bounded by the block, the read chunk and
@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-import ijson
 import msgspec
 
 from shardtune.errors import UserError
@@ -36,7 +35,7 @@ from shardtune.files import check_not_device, wide_encoding
 
 from .fields import Fields, Schema
 from .fields import schema as record_schema
-from .json_array import MAX_DEPTH, TOO_DEEP, array_items, encodable
+from .json_array import array_elements
 from .lines import REJECT_BYTES, Block, BrokenStream, Span, line_lists
 
 @dataclass
@@ -178,7 +177,7 @@ class InputReader:
 
     def batches(self) -> Iterator[Batch | Block | Span]:
         """For NDJSON, Spans of a plain file (the workers read them) or Blocks of raw lines from a
-        compressed file or a pipe (read here); decoded Batches for a JSON array."""
+        compressed file or a pipe (read here), or of a JSON array's elements."""
         try:
             if self._broken is not None:
                 raise self._broken
@@ -243,38 +242,22 @@ class InputReader:
         if lines:
             yield Block.of(lines, number, self.size)
 
-    def _array_batches(self) -> Iterator[Batch]:
-        batch, index = Batch(), 0
-        if self.stream.peek(3)[:3] == b"\xef\xbb\xbf":  # a byte-order mark is not JSON: ijson would stop at it
+    def _array_batches(self) -> Iterator[Block]:
+        """A JSON array's raw elements in Blocks cut by count and by bytes, as lines are: the
+        workers decode each element as they would the same text on its own line."""
+        if self.stream.peek(3)[:3] == b"\xef\xbb\xbf":  # a byte-order mark is not JSON
             self.stream.read(3)
-        items = array_items(self.stream)
-        while True:
-            try:
-                obj = next(items)
-            except StopIteration:
-                break
-            except (ijson.JSONError, UnicodeDecodeError, OSError, EOFError, zlib.error) as e:
-                # A broken array cannot be re-synchronised: the rest of the file is one reject.
-                index += 1
-                batch.lines += 1
-                batch.malformed.append(Malformed(index, "broken_stream", f"JSON array broken off: {_classify(e)[1]}", b""))
-                break
-            index += 1
-            batch.lines += 1
-            if obj is TOO_DEEP:
-                batch.malformed.append(Malformed(index, "too_deep", f"nested deeper than {MAX_DEPTH} levels", b""))
-                continue
-            try:
-                batch.records.append(msgspec.convert(obj, self.schema.type))
-            except msgspec.ValidationError as e:
-                raw = msgspec.json.encode(obj)[:REJECT_BYTES] if encodable(obj) else repr(obj).encode()[:REJECT_BYTES]
-                batch.malformed.append(Malformed(index, *_classify(e), raw))
-            if batch.lines >= self.batch_lines:
-                batch.position = self._consumed()
-                yield batch
-                batch = Batch()
-        batch.position = self.size
-        yield batch
+        elements: list[bytes] = []
+        size, number = 0, 1
+        for element in array_elements(self.stream, self.max_line_bytes):
+            elements.append(element)
+            size += len(element) + 1
+            if len(elements) >= self.batch_lines or size >= self.batch_bytes:
+                yield Block.of_elements(elements, number, self._consumed())
+                number += len(elements)
+                elements, size = [], 0
+        if elements:
+            yield Block.of_elements(elements, number, self.size)
 
 
 def decode_lines(lines: list[bytes], first_line: int, position: int, max_line_bytes: int, schema: Schema) -> Batch:

@@ -67,9 +67,10 @@ class Cleaned:
 
 def decode_and_clean(item, config) -> tuple[Any, Cleaned]:
     """(the batch without its records, its records cleaned and judged by the filters that need no
-    memory of other batches) for a Span (read here), a Block of raw lines, or a Batch already
-    decoded (a JSON array's). At most `batch_lines` records are cleaned at a time. The rows
-    dropped here go back as counts alone, unless `keep_dropped` wants them written."""
+    memory of other batches) for a Span (read here), a Block of raw lines or of a JSON array's
+    elements, or a Batch already decoded (a broken compressed stream's one reject). At most
+    `batch_lines` records are cleaned at a time. The rows dropped here go back as counts alone,
+    unless `keep_dropped` wants them written."""
     import polars as pl
 
     from .clean import clean_frame

@@ -217,7 +217,16 @@ def test_output_is_byte_identical_for_any_number_of_workers(tmp_path):
 
     write_synth(tmp_path / "trn.json", 6000, seed=9, malformed_rate=0.01, profile="heavy")
     (tmp_path / "trn.json.gz").write_bytes(gz.compress((tmp_path / "trn.json").read_bytes()))
-    for name in ("trn.json", "trn.json.gz"):  # read in spans by the workers; streamed in blocks from gzip
+    texts = []  # the lines that are JSON (a broken one could break the array's frame), every other one pretty
+    for i, line in enumerate((tmp_path / "trn.json").read_bytes().splitlines()):
+        try:
+            record = json.loads(line)
+            texts.append(json.dumps(record, indent=2).encode() if i % 2 else line)
+        except ValueError:  # UnicodeDecodeError included
+            pass
+    (tmp_path / "trn_array.json").write_bytes(b"[\n" + b",\n".join(texts) + b"\n]\n")
+    lines = {"trn.json": 6000, "trn.json.gz": 6000, "trn_array.json": len(texts)}
+    for name in lines:  # read in spans by the workers; streamed in blocks from gzip; an array's elements
         outs = {}
         for workers in (1, 2, 3):
             out = tmp_path / f"{name}-{workers}"
@@ -225,7 +234,7 @@ def test_output_is_byte_identical_for_any_number_of_workers(tmp_path):
                                                           keep_dropped=True))
             files = sorted(p for p in out.iterdir() if p.name not in ("manifest.json", ".shardtune.lock"))
             outs[workers] = ({p.name: p.read_bytes() for p in files}, m.records_kept, m.dropped, m.malformed_reasons)
-            assert m.balanced() and m.lines_read == 6000 and len(m.shards) > 3
+            assert m.balanced() and m.lines_read == lines[name] and len(m.shards) > 3
         assert outs[1] == outs[2] == outs[3], name
 
 

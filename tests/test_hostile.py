@@ -937,8 +937,9 @@ def test_hostile_input_the_commands_survive(world, tmp_path):
     assert main(["etl", str(src), "--out", str(tmp_path / "a")]) == 0
     assert EtlManifest.read(tmp_path / "a").malformed_reasons == {"too_deep": 1}
     array = tmp_path / "array.json"
-    array.write_bytes(b'[{"uid": "a", "title": "t", "content": "Long enough content here."}, ' + b"[" * 100_000 +
-                      b"]" * 100_000 + b', {"uid": "b", "title": "u", "content": "Another good one here."}]')
+    deeper = deep.replace(b"[" * 1000, b"[" * 100_000).replace(b"]" * 1000, b"]" * 100_000)
+    array.write_bytes(b'[{"uid": "a", "title": "t", "content": "Long enough content here."}, ' + deeper +
+                      b', {"uid": "b", "title": "u", "content": "Another good one here."}]')
     assert main(["etl", str(array), "--out", str(tmp_path / "b")]) == 0
     m = EtlManifest.read(tmp_path / "b")
     assert m.records_kept == 2 and m.malformed_reasons == {"too_deep": 1} and m.balanced()

@@ -1,0 +1,107 @@
+"""A JSON array input is read element by element, and each element is judged as the same record on
+its own NDJSON line would be: odd values cost themselves alone, whatever the layout or chunking."""
+
+import io
+import json
+
+import polars as pl
+import pytest
+
+from conftest import rec
+from shardtune.etl import json_array
+from shardtune.etl.config import EtlConfig
+from shardtune.etl.json_array import array_elements
+from shardtune.etl.lines import BrokenStream, _TooLong
+from shardtune.etl.pipeline import run_etl
+
+# Raw JSON texts of records, the hostile ones among them: each is one NDJSON line, or one array element.
+RECORDS = [
+    json.dumps(rec(uid="a")),
+    '{"uid": "big", "title": "Huge id", "content": "A number past 64-bit integers.", "n": 18446744073709551616}',
+    '{"uid": "inf", "title": "Huge float", "content": "A number past doubles, in a field left out.", "n": 1e400}',
+    '{"uid": "s", "title": "Lone \\ud800 surrogate", "content": "An escaped half of a pair."}',
+    json.dumps(rec(uid='q},]{"', title='Braces }, ] { and "quotes" and \\ in strings, }, }, }, }, }, more than guessed')),
+    '{"uid": "nested", "title": "Nested", "content": "An object inside the record.", "x": {"y": [1, {"z": 2}]}}',
+    '{"uid": "bad", "title": "Broken", "content": }',
+    '{"uid": "nul", "title": null, "content": "A title of the wrong type here."}',
+    "[1, 2]",
+    '"just a string"',
+    json.dumps(rec(uid="z", content="The last good record of them all.")),
+]
+
+
+def etl_of(path, tmp_path, name, **options):
+    m = run_etl([path], tmp_path / name, EtlConfig(**options))
+    return m, pl.read_parquet(tmp_path / name / "part-*.parquet").to_dicts()
+
+
+@pytest.mark.parametrize("layout", ["compact", "one per line", "pretty"])
+def test_an_array_is_judged_element_by_element_as_ndjson_is_line_by_line(tmp_path, layout):
+    lines = tmp_path / "trn.json"
+    lines.write_text("\n".join(RECORDS) + "\n")
+    array = tmp_path / "trn_array.json"
+    if layout == "pretty":  # one field a line, by text: re-encoding would change the huge numbers
+        texts = ["{\n    " + t[1:-1].replace(', "', ',\n    "') + "\n  }" if t[0] == "{" else t for t in RECORDS]
+        array.write_text("[\n  " + ",\n  ".join(texts) + "\n]\n")
+    else:
+        array.write_text("[" + (", " if layout == "compact" else ",\n").join(RECORDS) + "]")
+    from_lines, kept_lines = etl_of(lines, tmp_path, "lines")
+    from_array, kept_array = etl_of(array, tmp_path, "array")
+    assert from_array.lines_read == from_lines.lines_read == len(RECORDS)
+    assert from_array.malformed_reasons == from_lines.malformed_reasons
+    assert from_array.malformed_reasons == {"invalid_json": 2, "wrong_type": 3}  # the huge numbers are kept
+    assert kept_array == kept_lines and [r["uid"] for r in kept_array][-1] == "z" and from_array.balanced()
+
+
+def elements(data: bytes, limit: int = 1 << 20) -> list:
+    return list(array_elements(io.BufferedReader(io.BytesIO(data)), limit))
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 5, 8, 13, 64])
+def test_elements_are_the_same_however_the_stream_is_chunked(monkeypatch, chunk):
+    data = ("[" + ", ".join(RECORDS) + ' , \n{"esc": "ends in \\\\"}, {"t": "a \\"}, \\" b"}  ]  \n').encode()
+    whole = elements(data)
+    assert [bytes(e) for e in whole] == [t.encode() for t in RECORDS] + [b'{"esc": "ends in \\\\"}',
+                                                                        b'{"t": "a \\"}, \\" b"}']
+    monkeypatch.setattr(json_array, "CHUNK_BYTES", chunk)
+    assert elements(data) == whole
+
+
+@pytest.mark.parametrize("data, expected", [
+    (b"[]", []),
+    (b"  [ \n ]  ", []),
+    (b"[{}]", [b"{}"]),
+    (b"[{}, , {}]", [b"{}", b"", b"{}"]),  # an empty element is counted, as a blank line is
+    (b"[{}, ]", [b"{}", b""]),
+    (b"[1, 2 ,3]", [b"1", b"2", b"3"]),
+    (b"[{}, {}", [b"{}", BrokenStream(b"JSON array cut off before its closing ']'")]),
+    (b"[{},", [b"{}", BrokenStream(b"JSON array cut off before its closing ']'")]),
+    (b'[{"a": "}, ]', [BrokenStream(b"JSON array cut off before its closing ']'")]),
+    (b"[{}}", [b"{}", BrokenStream(b"the JSON array closes with '}' instead of ']'")]),
+    (b"[{}] x", [b"{}", BrokenStream(b"data after the end of the JSON array")]),
+    (b"[{}] \n\n", [b"{}"]),
+])
+def test_the_frame_of_an_array(data, expected, monkeypatch):
+    assert elements(data) == expected
+    monkeypatch.setattr(json_array, "CHUNK_BYTES", 2)
+    assert elements(data) == expected
+
+
+def test_an_element_over_the_limit_keeps_its_head_and_the_rest_is_read(monkeypatch):
+    long = b'{"uid": "' + b"x" * 5000 + b'"}'
+    data = b"[" + long + b", {}, " + long + b"]"
+    for chunk in (64, 1 << 20):  # held whole in one buffer, or skipped across many
+        monkeypatch.setattr(json_array, "CHUNK_BYTES", chunk)
+        got = elements(data, limit=1000)
+        assert [type(e) for e in got] == [_TooLong, bytes, _TooLong] and got[1] == b"{}"
+        assert got[0] == long[:1024]
+
+
+def test_a_large_array_in_small_chunks_holds_bounded_memory(tmp_path, monkeypatch):
+    """Many elements and many chunks: each element arrives whole and nothing is lost at a boundary."""
+    records = [rec(uid=f"u{i}", content=f"Content number {i} is long enough, with }}, and ] inside.") for i in range(3000)]
+    src = tmp_path / "trn_array.json"
+    src.write_text(json.dumps(records, indent=1))
+    monkeypatch.setattr(json_array, "CHUNK_BYTES", 4096)
+    m, kept = etl_of(src, tmp_path, "out")
+    assert m.lines_read == m.records_kept == 3000 and [r["uid"] for r in kept] == [r["uid"] for r in records]
