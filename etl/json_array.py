@@ -11,9 +11,11 @@ went uncounted.) What cannot be re-synchronised is the frame itself: an array cu
     [ws] element [ws] , [ws] element [ws] ]        element: any bytes, split at the commas
                                                    that sit outside strings at depth 1
 
-An element longer than `limit` comes as a _TooLong holding its head (the rest is scanned, never
-held), so memory holds one read chunk plus one element at most. An empty element (`[a,,b]`, or a
-comma before the `]`) comes as b"", counted as a blank line.
+An element longer than `limit` (its text between separators, blanks included, as a line's is)
+comes as a _TooLong holding its head; the rest is scanned, never held, so memory holds one read
+chunk plus `limit` and one more chunk at most. An empty element (`[a,,b]`, or a comma before the
+`]`) comes as b"", counted as a blank line. Python 3.11's possessive quantifiers (`++`, `*+`) keep
+every pattern here linear: nothing is ever matched twice.
 """
 
 from __future__ import annotations
@@ -26,19 +28,20 @@ import msgspec
 
 from .lines import CHUNK_BYTES, REJECT_BYTES, BrokenStream, _TooLong
 
-_STRING = rb'"(?:[^"\\]++|\\.)*+"'
+_STRING = rb'"(?:[^"\\]++|\\.)*+"'  # `.` takes any byte (DOTALL): a backslash escapes a newline too
 # Outside strings: a run of anything but brackets, commas and quotes, whole strings included; it
 # stops at the next structural byte, or at a quote whose string the buffer does not close.
-_OUTSIDE = re.compile(rb'(?:[^"\[\]{},]++|' + _STRING + rb')*+')
-_INSIDE = re.compile(rb'(?:[^"\\]++|\\.)*+')  # the rest of a string's body, to its quote
+_OUTSIDE = re.compile(rb'(?:[^"\[\]{},]++|' + _STRING + rb')*+', re.DOTALL)
+_INSIDE = re.compile(rb'(?:[^"\\]++|\\.)*+', re.DOTALL)  # the rest of a string's body, to its quote
+_BLANKS = b" \t\r\n"  # JSON's whitespace
 _SPACE = re.compile(rb"[ \t\r\n]*+")
 # The fast path: where an object would end if no `},` sits inside one of its strings; a guess that
-# msgspec confirms (a JSON value's extent is unique), falling back to the scan after a few misses.
+# msgspec confirms (a JSON value's extent is unique). After _GUESSES misses an element is scanned.
 _OBJECT_END = re.compile(rb"\}[ \t\r\n]*+([,\]])")
 _GUESSES = 4
 _QUOTE, _BACKSLASH, _COMMA = ord('"'), ord("\\"), ord(",")
 _OPENERS, _CLOSERS = frozenset(b"[{"), frozenset(b"]}")
-_whole = msgspec.json.Decoder(msgspec.Raw).decode  # validates without building anything
+_whole = msgspec.json.Decoder(msgspec.Raw).decode  # validates, building nothing (it recurses, though)
 
 
 class _Scan:
@@ -60,7 +63,7 @@ class _Scan:
                 pos = _INSIDE.match(buf, pos).end()
                 if pos == n:
                     return None
-                if buf[pos] == _BACKSLASH:  # the last byte of the buffer: its escaped byte comes next
+                if buf[pos] == _BACKSLASH:  # only as the buffer's last byte: its escaped byte comes next
                     self.escaped = True
                     return None
                 self.in_string, pos = False, pos + 1
@@ -83,19 +86,43 @@ class _Scan:
         return None
 
 
-def _fast_object(buf: bytes, view: memoryview, pos: int) -> re.Match | None:
-    """The end of the object at `pos`, when a guess confirms it within the buffer."""
-    at = pos
-    for _ in range(_GUESSES):
-        guess = _OBJECT_END.search(buf, at)
-        if guess is None:
+class _ObjectEnds:
+    """The fast path's guesses in one buffer: where an object would end if no `},` sat inside one
+    of its strings. The buffer is searched once, left to right, however its elements end (a search
+    per element would scan the rest of the buffer each time: quadratic in elements that miss)."""
+
+    def __init__(self, buf: bytes) -> None:
+        self.buf, self.view = buf, memoryview(buf)
+        self.found: re.Match | None = None
+        self.none_from = len(buf) + 1  # no guess at or after this position
+
+    def after(self, at: int) -> re.Match | None:
+        if at >= self.none_from:
             return None
-        try:
-            _whole(view[pos:guess.start() + 1])
-            return guess
-        except msgspec.DecodeError:
-            at = guess.start() + 1
-    return None
+        if self.found is not None and self.found.start() >= at:
+            return self.found
+        found = _OBJECT_END.search(self.buf, at)
+        if found is None:
+            self.none_from = at
+        else:
+            self.found = found
+        return found
+
+    def object_at(self, pos: int) -> re.Match | None:
+        """The end of the object at `pos`, when one of a few guesses is confirmed within the buffer."""
+        at = pos
+        for _ in range(_GUESSES):
+            guess = self.after(at)
+            if guess is None:
+                return None
+            try:
+                _whole(self.view[pos:guess.start() + 1])
+                return guess
+            except msgspec.DecodeError:
+                at = guess.start() + 1
+            except RecursionError:  # nested past msgspec's limit: the scan finds its end, decode_lines says too_deep
+                return None
+        return None
 
 
 def _chunks(stream: BinaryIO) -> Iterator[bytes]:
@@ -112,55 +139,69 @@ def _chunks(stream: BinaryIO) -> Iterator[bytes]:
 
 
 def array_elements(stream: BinaryIO, limit: int) -> Iterator[bytes]:
-    """The raw elements of the JSON array `stream` holds (its first non-blank byte is `[`), in order."""
+    """The raw elements of the JSON array `stream` holds (its first non-blank byte is `[`), in order.
+
+    An element's length, for `limit`, is all its text between its separators, blanks included, as
+    a line's is; it comes stripped of those blanks, and a _TooLong's head starts at its first
+    non-blank byte. None of this depends on where the read chunks happen to end (tested)."""
     chunks = _chunks(stream)
     buf = b""
     for buf in chunks:  # the opening bracket, past leading blanks
         if type(buf) is BrokenStream:
             yield buf
             return
-        buf = buf.lstrip(b" \t\r\n")
+        buf = buf.lstrip(_BLANKS)
         if buf:
             break
     if buf[:1] != b"[":
         raise ValueError("array_elements needs a stream that starts with '['")
-    pos, after_comma = 1, False
+    pos, after_comma, ends = 1, False, _ObjectEnds(buf)
     while True:
-        view, n = memoryview(buf), len(buf)
+        n = len(buf)
+        if ends.buf is not buf:  # a new chunk (the guesses of one are kept across its scanned elements)
+            ends = _ObjectEnds(buf)
         while True:  # whole elements inside this buffer
-            pos = _SPACE.match(buf, pos).end()
+            begin, pos = pos, _SPACE.match(buf, pos).end()  # begin: just past the separator before
             if pos == n:
                 break
             if buf[pos] == ord("]") and not after_comma:  # the end of the array (or of an empty one)
                 yield from _rest(buf[pos + 1:], chunks)
                 return
-            guess = _fast_object(buf, view, pos) if buf[pos] == ord("{") else None
+            guess = ends.object_at(pos) if buf[pos] == ord("{") else None
             if guess is None:
                 break
-            element = buf[pos:guess.start() + 1]
-            yield element if len(element) <= limit else _TooLong(element[:REJECT_BYTES])
+            separator = guess.start(1)
+            yield buf[pos:guess.start() + 1] if separator - begin <= limit else \
+                _TooLong(buf[pos:min(pos + REJECT_BYTES, separator)])
             if guess.group(1) == b"]":
                 yield from _rest(buf[guess.end():], chunks)
                 return
             pos, after_comma = guess.end(), True
         # One element by the scan, across chunks as it needs; then back to the fast path.
-        scan, parts, held, head = _Scan(), [], 0, None
+        held = pos - begin  # bytes of the element's text so far, its leading blanks included
+        while pos == n:  # blanks to the end of the buffer: counted, not kept
+            buf = next(chunks, b"")
+            if not buf or type(buf) is BrokenStream:
+                yield buf or BrokenStream(b"JSON array cut off before its closing ']'")
+                return
+            n, pos = len(buf), _SPACE.match(buf).end()
+            held += pos
+        scan, parts, kept = _Scan(), [], 0  # parts: the text from its first non-blank byte
         start = pos
         while (end := scan.end(buf, pos)) is None:
-            if head is None:
+            held += n - start
+            if kept <= limit or kept < REJECT_BYTES:  # past both, only a head is wanted
                 parts.append(buf[start:])
-                held += n - start
-                if held > limit and held >= REJECT_BYTES:  # the head kept is whole
-                    head, parts = _TooLong(b"".join(parts)[:REJECT_BYTES]), []
+                kept += n - start
             buf = next(chunks, b"")
             if not buf or type(buf) is BrokenStream:
                 yield buf or BrokenStream(b"JSON array cut off before its closing ']'")
                 return
             start = pos = 0
             n = len(buf)
-        element = (b"".join(parts) + buf[start:end]).strip(b" \t\r\n") if head is None else head
-        if head is None and len(element) > limit:
-            element = _TooLong(element[:REJECT_BYTES])
+        held += end - start
+        text = b"".join(parts) + buf[start:end] if kept <= limit or kept < REJECT_BYTES else b"".join(parts)
+        element = text.rstrip(_BLANKS) if held <= limit else _TooLong(text[:REJECT_BYTES])
         closes = scan.depth == 0
         if element or not closes or after_comma:  # `[ ]` holds nothing; `[a, ]` an empty element
             yield element
@@ -180,7 +221,7 @@ def _rest(tail: bytes, chunks: Iterator[bytes]) -> Iterator[bytes]:
         if type(tail) is BrokenStream:
             yield tail
             return
-        if tail.strip(b" \t\r\n"):
+        if tail.strip(_BLANKS):
             yield BrokenStream(b"data after the end of the JSON array")
             return
         tail = next(chunks, b"")

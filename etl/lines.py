@@ -23,7 +23,7 @@ class _TooLong(bytes):
 
 
 class BrokenStream(bytes):
-    """Marks where a compressed stream broke off (its text is the reason)."""
+    """Marks where a stream broke off, a compressed one or a JSON array's frame (its text is the reason)."""
 
 
 @dataclass

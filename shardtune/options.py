@@ -17,15 +17,11 @@ import argparse
 import dataclasses
 import math
 import re
-import sys
 from dataclasses import field, fields
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar, get_type_hints
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+import tomllib
 
 from .errors import UserError
 from .files import read_small_file

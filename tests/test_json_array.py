@@ -24,6 +24,7 @@ RECORDS = [
     '{"uid": "nested", "title": "Nested", "content": "An object inside the record.", "x": {"y": [1, {"z": 2}]}}',
     '{"uid": "bad", "title": "Broken", "content": }',
     '{"uid": "nul", "title": null, "content": "A title of the wrong type here."}',
+    '{"uid": "deep", "title": "Deep", "content": "Nested past the decoder.", "n": ' + '{"a": ' * 1200 + "1" + "}" * 1200 + "}",
     "[1, 2]",
     '"just a string"',
     json.dumps(rec(uid="z", content="The last good record of them all.")),
@@ -49,7 +50,7 @@ def test_an_array_is_judged_element_by_element_as_ndjson_is_line_by_line(tmp_pat
     from_array, kept_array = etl_of(array, tmp_path, "array")
     assert from_array.lines_read == from_lines.lines_read == len(RECORDS)
     assert from_array.malformed_reasons == from_lines.malformed_reasons
-    assert from_array.malformed_reasons == {"invalid_json": 2, "wrong_type": 3}  # the huge numbers are kept
+    assert from_array.malformed_reasons == {"invalid_json": 2, "wrong_type": 3, "too_deep": 1}  # huge numbers kept
     assert kept_array == kept_lines and [r["uid"] for r in kept_array][-1] == "z" and from_array.balanced()
 
 
@@ -85,6 +86,40 @@ def test_the_frame_of_an_array(data, expected, monkeypatch):
     assert elements(data) == expected
     monkeypatch.setattr(json_array, "CHUNK_BYTES", 2)
     assert elements(data) == expected
+
+
+@pytest.mark.parametrize("data, expected", [
+    (b'["a\\\n", 1, 2]', [b'"a\\\n"', b"1", b"2"]),  # a backslash before a raw newline: a bad string, alone
+    (b"[1," + b" " * 3000 + b"2]", [b"1", b"2"]),  # blanks count as a line's do, limit 4000 here
+    (b"[1," + b" " * 5000 + b"2]", [b"1", _TooLong(b"2")]),
+    (b"[" + b" " * 5000 + b"]", []),
+    (b"[1," + b" " * 5000 + b"]", [b"1", _TooLong(b"")]),
+    (b"[1" + b" " * 5000 + b",2]", [_TooLong(b"1" + b" " * 1023), b"2"]),
+    (b"[1,  " + b"7" * 5000 + b"]", [b"1", _TooLong(b"7" * 1024)]),  # a head starts at the first non-blank
+])
+def test_what_an_element_is_does_not_depend_on_the_read_chunks(data, expected, monkeypatch):
+    for chunk in (1, 2, 3, 7, 64, 4096, 1 << 20):
+        monkeypatch.setattr(json_array, "CHUNK_BYTES", chunk)
+        got = elements(data, limit=4000)
+        assert got == expected and [type(e) for e in got] == [type(e) for e in expected], chunk
+
+
+def test_guessing_where_objects_end_reads_a_chunk_once(monkeypatch):
+    """Objects the fast path cannot confirm (junk after them) each fall back to the scan; the search
+    for the next `},` is shared by the chunk, not repeated per element (that was quadratic)."""
+    scanned = []
+
+    class Counted:
+        def search(self, buf, at):
+            found = pattern.search(buf, at)
+            scanned.append((found.start() if found else len(buf)) - at)
+            return found
+
+    pattern = json_array._OBJECT_END
+    monkeypatch.setattr(json_array, "_OBJECT_END", Counted())
+    data = b"[" + b"{}x," * 20_000 + b"{}]"
+    assert len(elements(data)) == 20_001
+    assert sum(scanned) < 2 * len(data)
 
 
 def test_an_element_over_the_limit_keeps_its_head_and_the_rest_is_read(monkeypatch):
