@@ -39,7 +39,7 @@ _SPACE = re.compile(rb"[ \t\r\n]*+")
 # msgspec confirms (a JSON value's extent is unique). After _GUESSES misses an element is scanned.
 _OBJECT_END = re.compile(rb"\}[ \t\r\n]*+([,\]])")
 _GUESSES = 4
-_QUOTE, _BACKSLASH, _COMMA = ord('"'), ord("\\"), ord(",")
+_QUOTE, _BACKSLASH = ord('"'), ord("\\")
 _OPENERS, _CLOSERS = frozenset(b"[{"), frozenset(b"]}")
 _whole = msgspec.json.Decoder(msgspec.Raw).decode  # validates, building nothing (it recurses, though)
 
