@@ -28,28 +28,40 @@ import msgspec
 
 from .lines import CHUNK_BYTES, REJECT_BYTES, BrokenStream, _TooLong
 
-_STRING = rb'"(?:[^"\\]++|\\.)*+"'  # `.` takes any byte (DOTALL): a backslash escapes a newline too
+_STRING = rb'"(?:[^"\\\n]++|\\[^\n])*+"'  # a whole string on one line (JSON's have no raw newline)
 # Outside strings: a run of anything but brackets, commas and quotes, whole strings included; it
 # stops at the next structural byte, or at a quote whose string the buffer does not close.
-_OUTSIDE = re.compile(rb'(?:[^"\[\]{},]++|' + _STRING + rb')*+', re.DOTALL)
-_INSIDE = re.compile(rb'(?:[^"\\]++|\\.)*+', re.DOTALL)  # the rest of a string's body, to its quote
+_OUTSIDE = re.compile(rb'(?:[^"\[\]{},]++|' + _STRING + rb')*+')
+_OUTSIDE_LINE = re.compile(rb'(?:[^"\[\]{},\n]++|' + _STRING + rb')*+')  # stops at newlines too
+# The rest of a string's body, to its quote, or to a raw newline: JSON has none inside strings,
+# so there the string (and its element) is broken, and the scan takes the newline as a separator.
+_INSIDE = re.compile(rb'(?:[^"\\\n]++|\\[^\n])*+')
 _BLANKS = b" \t\r\n"  # JSON's whitespace
 _SPACE = re.compile(rb"[ \t\r\n]*+")
 # The fast path: where an object would end if no `},` sits inside one of its strings; a guess that
 # msgspec confirms (a JSON value's extent is unique). After _GUESSES misses an element is scanned.
 _OBJECT_END = re.compile(rb"\}[ \t\r\n]*+([,\]])")
 _GUESSES = 4
-_QUOTE, _BACKSLASH = ord('"'), ord("\\")
+_QUOTE, _BACKSLASH, _NEWLINE, _COMMA, _CLOSE_ARRAY = ord('"'), ord("\\"), ord("\n"), ord(","), ord("]")
 _OPENERS, _CLOSERS = frozenset(b"[{"), frozenset(b"]}")
 _whole = msgspec.json.Decoder(msgspec.Raw).decode  # validates, building nothing (it recurses, though)
 
 
 class _Scan:
     """Where the scan stands inside one element: depth (1 = between the array's elements),
-    inside a string, right after a backslash there."""
+    inside a string, right after a backslash there.
 
-    def __init__(self) -> None:
+    Broken elements cost themselves alone where the frame allows it: a string cut by a raw newline
+    ends its element at the newline, and so, in an array whose first lines hold one element each,
+    does any newline inside an element (a record cut short carries on at the next line); a `}`
+    between elements is part of the element before it, not the array's end. In a pretty-printed
+    array, an element that opens more than it closes runs to the end: one broken_stream."""
+
+    def __init__(self, one_per_line: bool = False) -> None:
         self.depth, self.in_string, self.escaped = 1, False, False
+        self.broke = False  # the element ended at a raw newline, a broken one
+        # An array whose first lines hold one element each: a newline inside an element is a break
+        self.outside = _OUTSIDE_LINE if one_per_line else _OUTSIDE
 
     def end(self, buf: bytes, pos: int) -> int | None:
         """The index of the separator that ends the element (a comma at depth 1, or the closer of
@@ -57,28 +69,42 @@ class _Scan:
         n = len(buf)
         while pos < n:
             if self.in_string:
-                if self.escaped:
-                    pos, self.escaped = pos + 1, False
+                if self.escaped:  # the byte after a backslash that ended the buffer before
+                    self.escaped = False
+                else:
+                    pos = _INSIDE.match(buf, pos).end()
+                    if pos == n:
+                        return None
+                    if buf[pos] == _QUOTE:
+                        self.in_string, pos = False, pos + 1
+                        continue
+                    if buf[pos] == _BACKSLASH:  # before a newline, or the buffer's last byte
+                        pos += 1
+                        if pos == n:
+                            self.escaped = True
+                            return None
+                if buf[pos] != _NEWLINE:  # an escaped byte
+                    pos += 1
                     continue
-                pos = _INSIDE.match(buf, pos).end()
-                if pos == n:
-                    return None
-                if buf[pos] == _BACKSLASH:  # only as the buffer's last byte: its escaped byte comes next
-                    self.escaped = True
-                    return None
-                self.in_string, pos = False, pos + 1
-                continue
-            pos = _OUTSIDE.match(buf, pos).end()
+                self.in_string, self.depth, self.broke = False, 1, True  # a raw newline: a broken string
+                return pos
+            pos = self.outside.match(buf, pos).end()
             if pos == n:
                 return None
             byte = buf[pos]
-            if byte == _QUOTE:
+            if byte == _NEWLINE:  # (one element a line only) inside one, a line cut short
+                if self.depth > 1:
+                    self.depth, self.broke = 1, True
+                    return pos
+            elif byte == _QUOTE:
                 self.in_string = True
             elif byte in _OPENERS:
                 self.depth += 1
             elif byte in _CLOSERS:
-                self.depth -= 1
-                if self.depth == 0:
+                if self.depth > 1:
+                    self.depth -= 1
+                elif byte == _CLOSE_ARRAY:  # the array's own `]`
+                    self.depth = 0
                     return pos
             elif self.depth == 1:  # a comma between elements
                 return pos
@@ -145,17 +171,22 @@ def array_elements(stream: BinaryIO, limit: int) -> Iterator[bytes]:
     a line's is; it comes stripped of those blanks, and a _TooLong's head starts at its first
     non-blank byte. None of this depends on where the read chunks happen to end (tested)."""
     chunks = _chunks(stream)
-    buf = b""
-    for buf in chunks:  # the opening bracket, past leading blanks
-        if type(buf) is BrokenStream:
-            yield buf
-            return
-        buf = buf.lstrip(_BLANKS)
-        if buf:
+    buf, broken = b"", None
+    for chunk in chunks:  # the opening bracket, past leading blanks, and the lines the layout is judged on
+        if type(chunk) is BrokenStream:
+            broken = chunk
             break
-    if buf[:1] != b"[":
-        raise ValueError("array_elements needs a stream that starts with '['")
+        buf = (buf + chunk).lstrip(_BLANKS)
+        if len(buf) >= _LAYOUT_BYTES or (b"\n" in chunk and len(_layout_lines(buf)) >= _LAYOUT_LINES):
+            break
+    if buf[:1] != b"[":  # the reader judged otherwise: say so rather than guess
+        yield broken or BrokenStream(b"not a JSON array: no '[' at its start")
+        return
+    one_per_line = _one_per_line(buf[:_LAYOUT_BYTES])
+    if broken is not None:
+        chunks = iter([broken])
     pos, after_comma, ends = 1, False, _ObjectEnds(buf)
+    broke = False  # the element before ended at a raw newline: a comma may start this line
     while True:
         n = len(buf)
         if ends.buf is not buf:  # a new chunk (the guesses of one are kept across its scanned elements)
@@ -164,12 +195,16 @@ def array_elements(stream: BinaryIO, limit: int) -> Iterator[bytes]:
             begin, pos = pos, _SPACE.match(buf, pos).end()  # begin: just past the separator before
             if pos == n:
                 break
+            if broke and buf[pos] == _COMMA:  # the broken element's own separator (a comma-first layout)
+                pos, broke, after_comma = pos + 1, False, True
+                continue
+            broke = False
             if buf[pos] == ord("]") and not after_comma:  # the end of the array (or of an empty one)
                 yield from _rest(buf[pos + 1:], chunks)
                 return
             guess = ends.object_at(pos) if buf[pos] == ord("{") else None
-            if guess is None:
-                break
+            if guess is None or (one_per_line and buf.find(b"\n", pos, guess.start()) >= 0):
+                break  # (one element a line: one that spans lines is broken, as the scan finds)
             separator = guess.start(1)
             yield buf[pos:guess.start() + 1] if separator - begin <= limit else \
                 _TooLong(buf[pos:min(pos + REJECT_BYTES, separator)])
@@ -186,7 +221,11 @@ def array_elements(stream: BinaryIO, limit: int) -> Iterator[bytes]:
                 return
             n, pos = len(buf), _SPACE.match(buf).end()
             held += pos
-        scan, parts, kept = _Scan(), [], 0  # parts: the text from its first non-blank byte
+        if broke and buf[pos] == _COMMA:  # as above, the comma past a chunk's end
+            pos, broke, after_comma = pos + 1, False, True
+            continue
+        broke = False
+        scan, parts, kept = _Scan(one_per_line), [], 0  # parts: the text from its first non-blank byte
         start = pos
         while (end := scan.end(buf, pos)) is None:
             held += n - start
@@ -206,12 +245,38 @@ def array_elements(stream: BinaryIO, limit: int) -> Iterator[bytes]:
         if element or not closes or after_comma:  # `[ ]` holds nothing; `[a, ]` an empty element
             yield element
         if closes:
-            if buf[end] != ord("]"):
-                yield BrokenStream(b"the JSON array closes with '}' instead of ']'")
-                return
             yield from _rest(buf[end + 1:], chunks)
             return
-        pos, after_comma = end + 1, True
+        # past a broken string's newline no comma was seen: a `]` next closes the array
+        pos, after_comma, broke = end + 1, not scan.broke, scan.broke
+
+
+_LAYOUT_LINES, _LAYOUT_BYTES = 8, 64 << 10
+
+
+def _layout_lines(head: bytes) -> list[bytes]:
+    """The first _LAYOUT_LINES non-blank complete lines after the `[`, within _LAYOUT_BYTES, each
+    stripped of blanks and of the commas between elements."""
+    lines = (line.strip(_BLANKS).strip(b",").strip(_BLANKS) for line in head[1:_LAYOUT_BYTES].split(b"\n")[:-1])
+    return [line for line in lines if line][:_LAYOUT_LINES]
+
+
+def _one_per_line(head: bytes) -> bool:
+    """Whether the array's first lines (see _layout_lines; at least two) each hold one whole element:
+    `[{...},`, `{...},`, `,{...}`, `{...}]`. Tools write arrays one way throughout (one line, one
+    element a line, or indented), so the head tells the layout of the rest."""
+    values = _layout_lines(head)
+    for value in values:
+        for text in (value, value[:-1] if value.endswith(b"]") else None):
+            try:
+                if text is not None:
+                    _whole(text)
+                    break
+            except (msgspec.DecodeError, RecursionError):
+                continue
+        else:
+            return False
+    return len(values) >= 2
 
 
 def _rest(tail: bytes, chunks: Iterator[bytes]) -> Iterator[bytes]:

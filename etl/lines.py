@@ -71,6 +71,64 @@ class Block:
         return lines
 
 
+HEAD_LINES = 3  # non-blank lines the format check wants whole: the first and the two after it
+
+
+def read_ahead(stream: BinaryIO, max_line_bytes: int) -> tuple[bytes, Exception | None]:
+    """The input's first bytes, enough to judge its format: its first HEAD_LINES non-blank lines
+    whole, or up to HEAD_LINES lines' worth of max_line_bytes, or all of it. (peek() returns only
+    what a buffer happens to hold: 4 KB of a file, 8 KB of gzip, whatever has come down a pipe.)
+    A compressed stream that breaks meanwhile gives what came before, and the error."""
+    parts: list[bytes] = []
+    size, lines, limit = 0, 0, HEAD_LINES * (max_line_bytes + 1) + (64 << 10)
+    while size < limit and lines < HEAD_LINES:
+        try:
+            chunk = stream.read1(64 << 10)
+        except (OSError, EOFError, zlib.error) as e:
+            return b"".join(parts), e
+        if not chunk:
+            break
+        parts.append(chunk)
+        size += len(chunk)
+        if b"\n" in chunk:  # count the complete non-blank lines so far (a few splits of a bounded head)
+            lines = sum(1 for line in b"".join(parts).split(b"\n")[:-1] if line.strip(b" \t\r\xef\xbb\xbf"))
+    return b"".join(parts), None
+
+
+class Replayed:
+    """A stream whose first bytes, read ahead to judge the format, are handed out again first;
+    an error met while reading ahead is raised once they are (where the stream broke)."""
+
+    def __init__(self, stream: BinaryIO, head: bytes, error: Exception | None) -> None:
+        self.stream, self.head, self.error = stream, head, error
+
+    def read1(self, n: int = -1) -> bytes:
+        if self.head:
+            n = len(self.head) if n is None or n < 0 else n
+            out, self.head = self.head[:n], self.head[n:]
+            return out
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+        return self.stream.read1(n)
+
+    def read(self, n: int = -1) -> bytes:
+        parts = []
+        while n < 0 or n > 0:
+            piece = self.read1(n)
+            if not piece:
+                break
+            parts.append(piece)
+            n -= len(piece) if n > 0 else 0
+        return b"".join(parts)
+
+    def peek(self, n: int = 1) -> bytes:
+        return self.head or (b"" if self.error is not None else self.stream.peek(n))
+
+    def close(self) -> None:
+        self.stream.close()
+
+
 def line_lists(stream: BinaryIO, limit: int, first: bool = True) -> Iterator[list[bytes]]:
     """Raw lines, one list per read chunk (splitting in C keeps the per-line cost low).
 

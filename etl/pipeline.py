@@ -181,6 +181,10 @@ class EtlRun:
         """Count the batch's lines and write its malformed ones, blank lines apart, to rejects.jsonl."""
         for m in batch.malformed:
             self.malformed_kinds[m.kind] = self.malformed_kinds.get(m.kind, 0) + 1
+            if m.kind == "broken_stream":  # what follows it went unread: the one reject that hides lines
+                log(f"etl: warning: {info.path}: {m.detail} (line or element {m.line:,}); nothing after it "
+                    "could be read, and it counts as one reject; mend the file there (or, for a JSON "
+                    "array, write it as NDJSON, one record a line) and re-run")
             if m.kind == "blank_line":  # holds nothing to audit: counted only (a file of newlines made GBs)
                 continue
             rejects.write(json.dumps({"file": info.path, "line": m.line, "kind": m.kind, "reason": m.detail,

@@ -36,7 +36,7 @@ from shardtune.files import check_not_device, wide_encoding
 from .fields import Fields, Schema
 from .fields import schema as record_schema
 from .json_array import array_elements
-from .lines import REJECT_BYTES, Block, BrokenStream, Span, line_lists
+from .lines import REJECT_BYTES, Block, BrokenStream, Replayed, Span, line_lists, read_ahead
 
 @dataclass
 class Malformed:
@@ -66,7 +66,6 @@ def _classify(err: Exception, line: bytes = b"x") -> tuple[str, str]:
     return "invalid_json", detail
 
 
-PEEK_BYTES = 65536  # how far the format check looks
 
 
 def check_input(path: Path) -> None:
@@ -125,15 +124,16 @@ class InputReader:
         self.size = os.fstat(self.raw.fileno()).st_size if stat.S_ISREG(os.fstat(self.raw.fileno()).st_mode) \
             else 0  # a pipe: its progress shows no total
         magic = self.raw.peek(2)[:2]  # peek, not read + seek: a pipe cannot seek
+        self.gzipped = magic == b"\x1f\x8b"
         # GzipFile buffers by itself and hands over every line decoded before a
         # truncated end; a larger buffer on top would lose the lines around the break.
-        self.stream: BinaryIO = gzip.GzipFile(fileobj=self.raw, mode="rb") if magic == b"\x1f\x8b" else self.raw
-        self._broken: Exception | None = None
-        try:
-            head = self.stream.peek(PEEK_BYTES)[:PEEK_BYTES]
-        except (OSError, EOFError, zlib.error) as e:  # a broken compressed stream: batches() quarantines it
-            # kept: a gzip cut inside its 10-byte header raises once, then reads as empty
-            head, self._broken = b"", e
+        stream: BinaryIO = gzip.GzipFile(fileobj=self.raw, mode="rb") if self.gzipped else self.raw
+        # The head the format is judged on, handed out again to whichever reader reads the stream;
+        # a compressed stream broken within it is quarantined after the lines before the break.
+        self.head, error = read_ahead(stream, max_line_bytes)
+        self.stream = Replayed(stream, self.head, error)
+        self._broken = error if not self.head else None  # kept: a gzip cut in its header raises only once
+        head = self.head
         encoding, packed = wide_encoding(head[:4]), _compression(head)
         if encoding or packed or (b"\n" not in head and b"}\r" in head):  # every line would be a reject
             self.close()
@@ -141,7 +141,7 @@ class InputReader:
                 raise UserError(f"input {path} is {encoding} text; convert it to UTF-8 first "
                                 f"(iconv -f {encoding} -t UTF-8 ... > {path.stem}-utf8.json)")
             if packed:
-                inside = " inside gzip" if self.stream is not self.raw else ""
+                inside = " inside gzip" if self.gzipped else ""
                 raise UserError(f"input {path} is {packed}-compressed{inside}; shardtune reads plain or "
                                 "gzip-compressed JSON: decompress it first")
             raise UserError(f"input {path} ends its lines with a lone CR (classic Mac); convert them first "
@@ -161,7 +161,8 @@ class InputReader:
     def _is_array(self) -> bool:
         """A file starting with `[` is one JSON array, unless its first line is a whole JSON
         value with more data after it: then it is NDJSON whose first record is a bare array."""
-        head = self.stream.peek(PEEK_BYTES)[:PEEK_BYTES].lstrip(b"\xef\xbb\xbf \t\r\n")
+        head = self.head[3:] if self.head.startswith(b"\xef\xbb\xbf") else self.head  # a byte-order mark, then blanks
+        head = head.lstrip(b" \t\r\n")
         if head[:1] != b"[":
             return False
         first, newline, rest = head.partition(b"\n")
@@ -189,7 +190,7 @@ class InputReader:
             return
         if array:
             yield from self._array_batches()
-        elif self.stream is self.raw and str(self.path) != "-" and self.size > 0:  # a regular file: in spans
+        elif not self.gzipped and str(self.path) != "-" and self.size > 0:  # a regular file: in spans
             # (a file of /proc says it is empty and is not: it is read as a stream, like a pipe)
             yield from self._spans()
         else:

@@ -78,7 +78,8 @@ def test_elements_are_the_same_however_the_stream_is_chunked(monkeypatch, chunk)
     (b"[{}, {}", [b"{}", BrokenStream(b"JSON array cut off before its closing ']'")]),
     (b"[{},", [b"{}", BrokenStream(b"JSON array cut off before its closing ']'")]),
     (b'[{"a": "}, ]', [BrokenStream(b"JSON array cut off before its closing ']'")]),
-    (b"[{}}", [b"{}", BrokenStream(b"the JSON array closes with '}' instead of ']'")]),
+    (b"[{}}, {}]", [b"{}}", b"{}"]),  # a stray `}` is part of its element, not the array's end
+    (b"[{}}", [BrokenStream(b"JSON array cut off before its closing ']'")]),
     (b"[{}] x", [b"{}", BrokenStream(b"data after the end of the JSON array")]),
     (b"[{}] \n\n", [b"{}"]),
 ])
@@ -89,7 +90,11 @@ def test_the_frame_of_an_array(data, expected, monkeypatch):
 
 
 @pytest.mark.parametrize("data, expected", [
-    (b'["a\\\n", 1, 2]', [b'"a\\\n"', b"1", b"2"]),  # a backslash before a raw newline: a bad string, alone
+    # A raw newline breaks a string (JSON's have none): its element ends there, the next line goes on
+    (b'[{"a": "cut\n{"b": 1},\n{"c": 2}]', [b'{"a": "cut', b'{"b": 1}', b'{"c": 2}']),
+    (b'[{"a": "cut\n,{"b": 1}\n,{"c": 2}\n]', [b'{"a": "cut', b'{"b": 1}', b'{"c": 2}']),  # commas first
+    (b'[{"a": 1},\n{"a": "cut\n]', [b'{"a": 1}', b'{"a": "cut']),
+    (b'["a\\\n, 1, 2]', [b'"a\\', b"1", b"2"]),  # a backslash before the newline escapes nothing
     (b"[1," + b" " * 3000 + b"2]", [b"1", b"2"]),  # blanks count as a line's do, limit 4000 here
     (b"[1," + b" " * 5000 + b"2]", [b"1", _TooLong(b"2")]),
     (b"[" + b" " * 5000 + b"]", []),
