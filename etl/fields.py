@@ -84,12 +84,16 @@ def schema(fields: Fields) -> Schema:
 SAMPLE_LINES = 200  # lines the field check reads
 
 
-def check_fields(path: Path, fields: Fields, max_line_bytes: int = 1 << 20) -> None:
+def check_fields(path: Path, fields: Fields, max_line_bytes: int = 1 << 20, array: bool = False) -> None:
     """Fail fast, naming the keys found, when most of a file's first JSON objects lack a mapped field
-    (most likely another catalogue's names). Reads only the first lines of a plain or gzip file, each
-    at most `max_line_bytes` (a longer one is not judged: the reader quarantines it)."""
+    (most likely another catalogue's names). Reads only the first lines of a plain or gzip file (the
+    first elements of a JSON `array`), each at most `max_line_bytes` (a longer one is not judged: the
+    reader quarantines it)."""
     import gzip
     import zlib
+    from itertools import islice
+
+    from .json_array import array_elements
 
     if str(path) == "-" or not path.is_file():
         return  # a pipe can be read once only: the reader's quarantine is the check there
@@ -98,7 +102,12 @@ def check_fields(path: Path, fields: Fields, max_line_bytes: int = 1 << 20) -> N
         with open(path, "rb") as raw:
             head = raw.read(2)
         with (gzip.open if head == b"\x1f\x8b" else open)(path, "rb") as f:
-            while len(lines) < SAMPLE_LINES and (line := f.readline(max_line_bytes + 1)):
+            if array:
+                if f.read(3) != b"\xef\xbb\xbf":  # past a byte-order mark, as the reader reads it
+                    f.seek(0)
+                elements = islice(array_elements(f, max_line_bytes), 2 * SAMPLE_LINES)
+                lines = [e for e in elements if type(e) is bytes and e.strip()][:SAMPLE_LINES]
+            while not array and len(lines) < SAMPLE_LINES and (line := f.readline(max_line_bytes + 1)):
                 if len(line) > max_line_bytes:
                     break
                 if line.strip():
@@ -114,7 +123,7 @@ def check_fields(path: Path, fields: Fields, max_line_bytes: int = 1 << 20) -> N
         if isinstance(value, dict):
             objects.append(value)
     if len(objects) < 10:
-        return  # not enough to judge (or a JSON array, read otherwise)
+        return  # not enough to judge
     missing = [role for role, p in fields.paths().items() if sum(not _has(o, p) for o in objects) > len(objects) / 2]
     if missing:
         keys = sorted({k for o in objects for k in _keys(o)})[:30]

@@ -51,7 +51,7 @@ def run_etl(inputs: list[Path], out: Path, config: EtlConfig | None = None) -> E
                                 "move the input or write to another folder")
         check_output_dir(out, OWNED_FILES)
         for reader in readers:
-            check_fields(reader.path, config.fields(), config.max_line_bytes)
+            check_fields(reader.path, config.fields(), config.max_line_bytes, reader.is_array())
     except BaseException:
         for reader in readers:
             reader.close()

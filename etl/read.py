@@ -158,7 +158,7 @@ class InputReader:
         except OSError:
             return 0
 
-    def _is_array(self) -> bool:
+    def is_array(self) -> bool:
         """A file starting with `[` is one JSON array, unless its first line is a whole JSON
         value with more data after it: then it is NDJSON whose first record is a bare array."""
         head = self.head[3:] if self.head.startswith(b"\xef\xbb\xbf") else self.head  # a byte-order mark, then blanks
@@ -182,7 +182,7 @@ class InputReader:
         try:
             if self._broken is not None:
                 raise self._broken
-            array = self._is_array()
+            array = self.is_array()
         except (OSError, EOFError, zlib.error) as e:
             batch = Batch(lines=1, position=self.size)
             batch.malformed.append(Malformed(1, "broken_stream", f"unreadable compressed stream: {e}", b""))

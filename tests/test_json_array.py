@@ -145,3 +145,63 @@ def test_a_large_array_in_small_chunks_holds_bounded_memory(tmp_path, monkeypatc
     monkeypatch.setattr(json_array, "CHUNK_BYTES", 4096)
     m, kept = etl_of(src, tmp_path, "out")
     assert m.lines_read == m.records_kept == 3000 and [r["uid"] for r in kept] == [r["uid"] for r in records]
+
+
+def long_records(n: int, words: int) -> list[str]:
+    return [json.dumps({"uid": f"u{i}", "title": f"Title {i}", "content": "Product description words " * words})
+            for i in range(n)]
+
+
+def test_the_format_is_judged_on_whole_lines_not_on_what_a_buffer_holds(tmp_path):
+    """peek() gives 4 KB of a file: long first lines were judged on a piece of themselves."""
+    cases = {  # file text -> (lines read, kept)
+        "[" + json.dumps("x" * 5000) + "]\n" + "\n".join(long_records(5, 5)) + "\n": (6, 5),  # NDJSON, bare array first
+        "[1, 2\n" + "\n".join(long_records(5, 200)) + "\n": (6, 5),  # NDJSON whose first line is broken
+        "[\n" + "\n,".join(long_records(6, 120)) + "\n]\n": (6, 6),  # an array, commas first
+        "\n" * 5000 + json.dumps([json.loads(r) for r in long_records(5, 5)], indent=2): (5, 5),  # blank lines first
+    }
+    for i, (text, (lines, kept)) in enumerate(cases.items()):
+        src = tmp_path / f"in{i}.json"
+        src.write_text(text)
+        m = run_etl([src], tmp_path / f"out{i}", EtlConfig())
+        assert (m.lines_read, m.records_kept) == (lines, kept) and m.balanced(), (i, m.malformed_reasons)
+
+
+def test_classic_mac_line_ends_are_refused_whatever_the_record_length(tmp_path):
+    from shardtune.errors import UserError
+
+    src = tmp_path / "cr.json"
+    src.write_text("\r".join(long_records(6, 200)) + "\r")
+    with pytest.raises(UserError, match="lone CR"):
+        run_etl([src], tmp_path / "out", EtlConfig())
+
+
+@pytest.mark.parametrize("prefix", [b" \xef\xbb\xbf", b"\xef\xbb\xbf\xef\xbb\xbf", b"\n\xef\xbb\xbf", b"\xbb\xbf"])
+def test_junk_before_the_bracket_is_a_counted_line_not_a_crash(tmp_path, prefix):
+    src = tmp_path / "in.json"
+    src.write_bytes(prefix + b'[{"uid": "a", "title": "t", "content": "Long enough content here."}]\n')
+    m = run_etl([src], tmp_path / "out", EtlConfig())
+    assert m.records_kept == 0 and m.malformed_reasons.get("invalid_json") == 1 and m.balanced()
+
+
+def test_an_array_of_one_record_a_line_loses_no_more_than_ndjson_does(tmp_path):
+    """Records cut short (inside a string, a label list, between keys) cost themselves alone, as lines do."""
+    from shardtune.data.synth import write_synth
+
+    write_synth(tmp_path / "trn.json", 3000, seed=5, malformed_rate=0.02)
+    lines = [line for line in (tmp_path / "trn.json").read_bytes().split(b"\n") if line.strip()]
+    (tmp_path / "lines.json").write_bytes(b"\n".join(lines) + b"\n")
+    (tmp_path / "array.json").write_bytes(b"[" + b",\n".join(lines) + b"]\n")
+    from_lines, kept_lines = etl_of(tmp_path / "lines.json", tmp_path, "a")
+    from_array, kept_array = etl_of(tmp_path / "array.json", tmp_path, "b")
+    assert from_array.lines_read == from_lines.lines_read == len(lines) and from_array.balanced()
+    assert kept_array == kept_lines and from_array.malformed_reasons == from_lines.malformed_reasons
+
+
+def test_another_catalogues_field_names_are_named_for_an_array_as_for_lines(tmp_path):
+    from shardtune.errors import UserError
+
+    records = [{"parent_asin": f"A{i}", "title": f"P {i}", "description": [f"Line one of product {i}"]} for i in range(30)]
+    (tmp_path / "array.json").write_text(json.dumps(records))
+    with pytest.raises(UserError, match="parent_asin.*--id-field"):
+        run_etl([tmp_path / "array.json"], tmp_path / "out", EtlConfig())
