@@ -113,6 +113,13 @@ def pickle_checkpoint(w, t):
     (newest / "optimizer.pt").write_bytes(b"cos\nsystem\n(S'touch " + str(t).encode() + b"/pwned'\ntR.")
 
 
+def linked_metrics(w, t):
+    run = copy(w, "run", t)
+    (t / "notes.txt").write_text("my notes\n")
+    (run / "metrics.jsonl").unlink()
+    (run / "metrics.jsonl").symlink_to(t / "notes.txt")
+
+
 def edited_state(change):
     def setup(w, t):
         run = copy(w, "run", t)
@@ -589,6 +596,12 @@ CASES = [
      "template_hash"),
     ("train: --resume from moments emptied", RESUME, edited_optimizer(lambda o: o.update(state={})),
      "it holds no moments"),
+    ("train: --resume from a data position edited within the epoch", RESUME,
+     edited_state(lambda d: d.update(batch_in_epoch=d["batch_in_epoch"] + 1)), "is not where 2 steps end"),
+    ("train: --resume from an epoch edited", RESUME, edited_state(lambda d: d.update(epoch=2, batch_in_epoch=0)),
+     "is not where 2 steps end"),
+    ("train: --resume of a run past the --max-steps asked", RESUME[:-1] + ["1"], run_copy, "past the 1 asked"),
+    ("train: --resume with metrics.jsonl a link to another file", RESUME, linked_metrics, "metrics.jsonl is a link"),
     ("train: --resume from another run's checkpoint", RESUME,
      edited_state(lambda d: d["config"].update(batch_size=8, seed=7)), "written by a run of other settings"),
     ("train: --resume at another learning rate", RESUME + ["--lr", "1e-3"], run_copy, "--lr 5e-05 -> 0.001"),

@@ -189,7 +189,10 @@ def test_plan_prints_the_options_and_a_ready_train_command_for_a_preset(capsys):
     out = capsys.readouterr().out
     assert "fastest that fits: " in out and "RTX 2060 tokens/s" in out
     command = out.strip().splitlines()[-1]
-    assert command.startswith("shardtune train TOKENS --out RUN --model distilgpt2 --batch-size ")
+    # the length it planned for is in the command: train's default (256) is not what was planned here
+    assert command.startswith("shardtune train TOKENS --out RUN --model distilgpt2 --max-length 256 --batch-size ")
+    assert main(["plan", "--model", "distilgpt2", "--vram", "6", "--max-length", "64"]) == 0
+    assert " --max-length 64 " in capsys.readouterr().out.strip().splitlines()[-1]
     assert all(t in out for t in ("full", "lora", "qlora"))
 
 

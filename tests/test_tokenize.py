@@ -154,6 +154,15 @@ def test_a_second_run_on_unchanged_input_skips_the_work(tmp_path, capsys):
     assert "up to date" in capsys.readouterr().err
 
 
+def test_a_tokenizer_folder_given_relative_is_recorded_so_it_is_found_from_anywhere(tmp_path, gpt2_tokenizer,
+                                                                                     monkeypatch):
+    gpt2_tokenizer.save_pretrained(tmp_path / "mytok")
+    clean = etl_folder(tmp_path, PRODUCTS)
+    monkeypatch.chdir(tmp_path)
+    m = run_tokenize(clean, tmp_path / "tok", TokenizeConfig(tokenizer="mytok", max_length=64, val_fraction=0.3))
+    assert m.tokenizer == str((tmp_path / "mytok").resolve())
+
+
 def test_a_tokenizer_folder_edited_since_is_not_up_to_date_and_training_refuses_it(tmp_path, gpt2_tokenizer, capsys):
     """The same tokenizer name can make other ids: a local folder edited (two ids swapped) redoes the
     shards, and a run refuses shards whose tokenizer has changed since, before its first step."""

@@ -317,6 +317,10 @@ def test_resume_from_the_command_line_keeps_the_runs_own_settings(tokens, tmp_pa
     assert "--resume continues with the run's own --model tiny, --max-length 64, --batch-size 8" in capsys.readouterr().err
     saved = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
     assert (saved["lr"], saved["warmup_steps"], saved["max_steps"]) == (2e-3, 1, 3)
+    # how long it runs is the run's own too, unless given: not the default's three epochs
+    assert main(["train", str(tokens), "--out", str(tmp_path / "run"), "--resume"]) == 0
+    assert "--max-steps 3" in capsys.readouterr().err
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["max_steps"] == 3
 
 
 @pytest.mark.slow

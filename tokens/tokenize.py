@@ -9,6 +9,7 @@ end there). Examples whose prompt alone fills `max_length` are dropped and count
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -122,6 +123,8 @@ def run_tokenize(parquet_dir: Path, out: Path, config: TokenizeConfig | None = N
 
 
 def _run(parquet_dir: Path, out: Path, config: TokenizeConfig) -> TokensManifest:
+    if Path(config.tokenizer).is_dir():  # a tokenizer folder, recorded so train finds it from anywhere
+        config = dataclasses.replace(config, tokenizer=str(Path(config.tokenizer).resolve()))
     etl = EtlManifest.read(parquet_dir)
     etl.verify(parquet_dir)
     check_outside(out, parquet_dir, "the ETL folder")

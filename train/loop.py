@@ -171,6 +171,14 @@ class Trainer:
         if self.state.batch_in_epoch > len(self._batches(self.state.epoch)):
             raise UserError(f"cannot resume from {found[-1]}: its data position (batch {self.state.batch_in_epoch:,} "
                             "of the epoch) is past the epoch's end; it was edited, delete that checkpoint")
+        expected = self._position_after(self.state.step)
+        if expected is not None and (self.state.epoch, self.state.batch_in_epoch) != expected:
+            raise UserError(f"cannot resume from {found[-1]}: its data position (epoch {self.state.epoch}, batch "
+                            f"{self.state.batch_in_epoch:,}) is not where {self.state.step:,} steps end (epoch "
+                            f"{expected[0]}, batch {expected[1]:,}); it was edited: delete that checkpoint")
+        if self.state.step > self.total_steps:
+            raise UserError(f"{self.run_dir} is at step {self.state.step:,} already, past the {self.total_steps:,} "
+                            "asked; give a larger --max-steps (or --epochs) to go on, or leave the run as it is")
         if self.state.scaler:
             self.scaler.load_state_dict(self.state.scaler)
         if self.is_rank0:
@@ -178,6 +186,18 @@ class Trainer:
         log(f"train: resumed from {found[-1].name} (step {self.state.step:,} of {self.total_steps:,})")
 
     # -- data ----------------------------------------------------------------------
+    def _position_after(self, steps: int) -> tuple[int, int] | None:
+        """(epoch, micro-batch) where `steps` steps leave the data, as _make_step moves it: an epoch's
+        last step leaves its position at the epoch's end, the next step wraps. None: no whole step."""
+        epoch, accum = 0, self.config.grad_accum
+        while True:
+            per_epoch = len(self._batches(epoch)) // accum
+            if per_epoch == 0:
+                return None
+            if steps <= per_epoch:
+                return epoch, steps * accum
+            steps, epoch = steps - per_epoch, epoch + 1
+
     def _batches(self, epoch: int) -> list[np.ndarray]:
         return epoch_batches(self.train_data.lengths, self.config.batch_size, self.config.seed, epoch,
                              rank=self.rank, world=self.world, buckets=self.buckets)

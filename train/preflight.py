@@ -46,6 +46,9 @@ def _check_same_run(run: Path, entries: set[str], config: TrainConfig, manifest:
     """--resume continues only a shardtune run (its files alone, nothing is deleted otherwise)
     whose data position means the same: same token folder, batch, seed and model."""
     foreign = sorted(e for e in entries if e.removesuffix(".tmp") not in RUN_FILES)  # .tmp: a kill mid-write
+    linked = sorted(e for e in entries if (run / e).is_symlink())
+    if linked:  # a resume rewrites metrics.jsonl and config.json: through a link, into someone's file
+        raise UserError(f"{run / linked[0]} is a link; a run's own files are files: move it away to resume")
     saved = read_json(run / "config.json", "run config") if (run / "config.json").exists() else None
     if foreign or not isinstance(saved, dict) or not isinstance(saved.get("train"), dict):
         what = f"it holds {', '.join(foreign[:3])}" if foreign else "it has no shardtune config.json"
@@ -64,6 +67,12 @@ def _check_same_run(run: Path, entries: set[str], config: TrainConfig, manifest:
             raise UserError(f"{run / final} holds files shardtune did not write; move them before resuming")
 
 
+# What a resume from the command line takes from the run when left out, beyond RESUME_FIELDS: how long
+# it runs (the schedule's length) and its habits; given, they may change.
+INHERITED_FIELDS = RESUME_FIELDS + ("max_steps", "epochs", "eval_steps", "eval_examples", "save_steps",
+                                    "save_total_limit", "log_steps", "max_bad_steps", "grad_checkpointing", "compile")
+
+
 def resume_settings(run: Path, config: TrainConfig) -> TrainConfig:
     """For `train --resume` from the command line: the options that must stay as the run had them,
     and that the user did not set, taken from the run's config.json (a resume is the run continued;
@@ -74,7 +83,7 @@ def resume_settings(run: Path, config: TrainConfig) -> TrainConfig:
     except (UserError, OSError, KeyError, TypeError):
         return config
     given = getattr(config, "given", frozenset())
-    taken = {k: saved[k] for k in RESUME_FIELDS if k not in given and k in saved and saved[k] != getattr(config, k)}
+    taken = {k: saved[k] for k in INHERITED_FIELDS if k not in given and k in saved and saved[k] != getattr(config, k)}
     if not taken:
         return config
     log("train: --resume continues with the run's own " + ", ".join(f"--{k.replace('_', '-')} {v}"

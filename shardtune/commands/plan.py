@@ -38,5 +38,6 @@ def run(args, config: PlanConfig) -> int:
     say(f"fastest that fits: {choice.technique}{' with checkpointing' if choice.checkpointing else ''}, "
         f"micro-batch {choice.micro_batch} x {choice.grad_accum}, {choice.peak_mb:,.0f} MB, "
         f"{choice.tokens_per_s[card]:,.0f} tokens/s on an {card}")
-    say("shardtune train TOKENS --out RUN --model " + config.model + " " + " ".join(choice.flags(config.lora_r)))
+    say(f"shardtune train TOKENS --out RUN --model {config.model} --max-length {config.max_length} "
+        + " ".join(choice.flags(config.lora_r)))  # the length planned for: train's default may be another
     return 0
