@@ -203,7 +203,7 @@ def test_plan_reads_a_folder_holding_only_config_json(tmp_path, capsys):
     model_config("smollm2-135m").save_pretrained(tmp_path / "smol")
     assert sorted(p.name for p in (tmp_path / "smol").iterdir()) == ["config.json"]
     assert main(["plan", "--model", str(tmp_path / "smol"), "--vram", "12", "--max-length", "128"]) == 0
-    assert f"--model {tmp_path / 'smol'} --batch-size" in capsys.readouterr().out
+    assert f"--model {tmp_path / 'smol'} --max-length 128 --batch-size" in capsys.readouterr().out
 
 
 @pytest.mark.slow
