@@ -107,11 +107,12 @@ def check_fields(path: Path, fields: Fields, max_line_bytes: int = 1 << 20, arra
                     f.seek(0)
                 elements = islice(array_elements(f, max_line_bytes), 2 * SAMPLE_LINES)
                 lines = [e for e in elements if type(e) is bytes and e.strip()][:SAMPLE_LINES]
-            while not array and len(lines) < SAMPLE_LINES and (line := f.readline(max_line_bytes + 1)):
-                if len(line) > max_line_bytes:
-                    break
-                if line.strip():
-                    lines.append(line)
+            else:
+                while len(lines) < SAMPLE_LINES and (line := f.readline(max_line_bytes + 1)):
+                    if len(line) > max_line_bytes:
+                        break
+                    if line.strip():
+                        lines.append(line)
     except (OSError, EOFError, zlib.error):
         pass  # a broken stream: the reader quarantines what it cannot read
     objects = []

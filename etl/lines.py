@@ -60,8 +60,10 @@ class Block:
     def of_elements(cls, elements: list[bytes], first: int, position: int) -> "Block":
         """A JSON array's raw elements as a Block: one that spans lines (a pretty-printed array)
         travels whole in `marked`, as a too-long line's head does."""
-        block = cls.of([b"" if type(e) is bytes and b"\n" in e else e for e in elements], first, position)
-        block.marked.update((i, e) for i, e in enumerate(elements) if type(e) is bytes and b"\n" in e)
+        spanning = {i: e for i, e in enumerate(elements) if type(e) is bytes and b"\n" in e}
+        block = cls.of([b"" if i in spanning else e for i, e in enumerate(elements)] if spanning else elements,
+                       first, position)
+        block.marked.update(spanning)
         return block
 
     def lines(self) -> list[bytes]:
@@ -111,16 +113,6 @@ class Replayed:
             error, self.error = self.error, None
             raise error
         return self.stream.read1(n)
-
-    def read(self, n: int = -1) -> bytes:
-        parts = []
-        while n < 0 or n > 0:
-            piece = self.read1(n)
-            if not piece:
-                break
-            parts.append(piece)
-            n -= len(piece) if n > 0 else 0
-        return b"".join(parts)
 
     def peek(self, n: int = 1) -> bytes:
         return self.head or (b"" if self.error is not None else self.stream.peek(n))

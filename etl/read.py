@@ -247,7 +247,7 @@ class InputReader:
         """A JSON array's raw elements in Blocks cut by count and by bytes, as lines are: the
         workers decode each element as they would the same text on its own line."""
         if self.stream.peek(3)[:3] == b"\xef\xbb\xbf":  # a byte-order mark is not JSON
-            self.stream.read(3)
+            self.stream.read1(3)  # (the head holds it: read1 gives all three)
         elements: list[bytes] = []
         size, number = 0, 1
         for element in array_elements(self.stream, self.max_line_bytes):
